@@ -1,0 +1,4 @@
+//! Generation loop (being written).
+pub struct Completion;
+pub enum FinishReason {}
+pub struct GenerationParams;

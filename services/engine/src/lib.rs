@@ -1,0 +1,117 @@
+//! `hearth-engine`: GGUF in, tokens out.
+//!
+//! Owns everything between a GGUF file on disk and a stream of generated text: validating and
+//! loading the file ([`gguf`]), the tokenizer built from its metadata ([`tokenizer`]), its chat
+//! template rendered in a sandbox ([`template`]), the transformer forward pass ([`model`]),
+//! sampling ([`sampling`]) and the generation loop ([`LoadedModel::generate`]).
+//!
+//! It must never touch HTTP, SQL, sockets or processes: the inference worker
+//! (`services/inference`) wraps it, and `hearthd` never links model math.
+//!
+//! Current limits: architectures llama and qwen2; one sequence at a time per model;
+//! the KV cache is rebuilt for each request.
+
+pub mod error;
+mod generate;
+pub mod gguf;
+pub mod model;
+pub mod sampling;
+pub mod template;
+pub mod tokenizer;
+
+use std::path::{Path, PathBuf};
+
+pub use error::{EngineError, Result};
+pub use generate::{Completion, FinishReason, GenerationParams};
+pub use sampling::SamplingParams;
+
+/// One chat message, as the template sees it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// How the engine runs. One struct, not a list of arguments.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Upper bound on the context (prompt + answer) in tokens; `None` uses the model's own.
+    pub max_context: Option<usize>,
+}
+
+/// What a loaded model is, for listings and for request checks.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelInfo {
+    /// Name clients use to pick the model (the file stem in dev mode).
+    pub id: String,
+    pub path: PathBuf,
+    pub architecture: String,
+    /// Context length the engine will allow (the model's own, capped by the config).
+    pub context_length: usize,
+    pub file_size: u64,
+    pub has_chat_template: bool,
+}
+
+/// A model ready to generate: weights, tokenizer and chat template.
+pub struct LoadedModel {
+    info: ModelInfo,
+    tokenizer: tokenizer::GgufTokenizer,
+    template: template::ChatTemplate,
+    forward: Box<dyn model::Forward>,
+}
+
+impl LoadedModel {
+    /// Validates and loads the GGUF at `path`. Errors name the file and what is wrong with it.
+    pub fn load(id: &str, path: &Path, config: &EngineConfig) -> Result<Self> {
+        let file = gguf::GgufModelFile::open(path)?;
+        let tokenizer = tokenizer::GgufTokenizer::from_gguf(&file)?;
+        let template = match file.chat_template() {
+            Some(source) => template::ChatTemplate::new(source)?,
+            None => template::ChatTemplate::chatml_fallback(),
+        };
+        let forward = model::load(&file, config)?;
+        let model_context = forward.context_length();
+        let context_length = config
+            .max_context
+            .map_or(model_context, |cap| cap.min(model_context));
+        let info = ModelInfo {
+            id: id.to_owned(),
+            path: path.to_owned(),
+            architecture: file.architecture().to_owned(),
+            context_length,
+            file_size: file.file_len,
+            has_chat_template: file.chat_template().is_some(),
+        };
+        Ok(Self {
+            info,
+            tokenizer,
+            template,
+            forward,
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &tokenizer::GgufTokenizer {
+        &self.tokenizer
+    }
+
+    /// Renders `messages` with the model's chat template, ready for the assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.template.render(
+            messages,
+            true,
+            self.tokenizer.bos_text(),
+            self.tokenizer.eos_text(),
+        )
+    }
+
+    /// Tokenizes a rendered prompt as llama.cpp does: BOS when the model asks for it, special
+    /// token text in the (template-rendered) prompt becomes control tokens.
+    pub fn tokenize_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        self.tokenizer
+            .encode(prompt, self.tokenizer.add_bos(), true)
+    }
+}
