@@ -1,1 +1,163 @@
-//! placeholder
+//! `hearthd`: the Hearth supervisor daemon.
+//!
+//! Owns the data directory and its SQLite database ([`db`]), starts and watches the
+//! inference worker ([`inference`]), serves the web UI and the APIs over HTTP ([`api`]), and
+//! talks to systemd ([`notify`]). It never runs model math: that happens in the worker
+//! process, so a crash or out-of-memory kill there cannot take the box down.
+//!
+//! Current limits: models come from `--model` paths (dev mode); no accounts or TLS yet.
+
+pub mod api;
+pub mod config;
+pub mod db;
+pub mod inference;
+pub mod logging;
+pub mod notify;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+pub use config::Config;
+
+/// hearthd's errors. Each names the file or thing involved.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the config file {path}: {source}")]
+    ConfigRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ConfigParse { path: PathBuf, message: String },
+    #[error("cannot use {path} as a model: it has no file name")]
+    ModelPath { path: PathBuf },
+    #[error("two models would both be called '{id}'; rename one file")]
+    DuplicateModel { id: String },
+    #[error("cannot prepare the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database {path}: {source}")]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("cannot find the inference worker binary (looked for {path})")]
+    WorkerBinary { path: PathBuf },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs the daemon until `shutdown` turns true, then stops the worker and returns.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+    let data_dir = config.data_dir.clone();
+    prepare_data_dir(&data_dir)?;
+    let db = {
+        let path = config.database_path();
+        tokio::task::spawn_blocking(move || db::Db::open(&path))
+            .await
+            .map_err(|e| Error::Serve(std::io::Error::other(e)))??
+    };
+    let models = config.model_files()?;
+    if models.is_empty() {
+        log::warn!("no models configured: pass --model FILE.gguf");
+    }
+    let program = worker_binary(&config)?;
+    let socket = config.worker_socket();
+    let command = inference::WorkerCommand {
+        program,
+        socket: socket.clone(),
+        models,
+        max_context: config.max_context,
+        queue_depth: config.queue_depth,
+        backoff_initial: Duration::from_millis(config.restart_backoff_initial_ms),
+        backoff_max: Duration::from_millis(config.restart_backoff_max_ms),
+    };
+    let health = Arc::new(Mutex::new(inference::WorkerHealth::default()));
+    let supervisor = tokio::spawn(inference::supervise(
+        command,
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let watchdog = tokio::spawn(notify::watchdog(db.clone(), shutdown.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(Error::Serve)?;
+    let state = api::AppState {
+        config: Arc::new(config),
+        db,
+        inference: Arc::new(inference::WorkerClient::new(socket)),
+        worker: health,
+    };
+    log::info!(data_dir:? = data_dir, url = format!("http://{local}/"); "hearthd is serving");
+    notify::ready();
+
+    let mut stop = shutdown.clone();
+    let server = axum::serve(listener, api::app(state)).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|s| *s).await;
+    });
+    let mut stop = shutdown;
+    // Open streams must not hold the box up forever once it is asked to stop.
+    let grace = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        notify::stopping();
+        log::info!("shutting down");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    };
+    tokio::select! {
+        served = server => served.map_err(Error::Serve)?,
+        _ = grace => log::warn!("connections still open after the grace period; closing them"),
+    }
+    let _ = supervisor.await;
+    let _ = watchdog.await;
+    log::info!("stopped");
+    Ok(())
+}
+
+fn prepare_data_dir(dir: &std::path::Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| Error::DataDir {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join("run"))
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The worker binary: configured, or `hearth-inference` next to our own executable.
+fn worker_binary(config: &Config) -> Result<PathBuf, Error> {
+    if let Some(path) = &config.inference_worker {
+        return Ok(path.clone());
+    }
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("hearth-inference")))
+        .unwrap_or_else(|| PathBuf::from("hearth-inference"));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(Error::WorkerBinary { path })
+    }
+}

@@ -1,38 +1,959 @@
-//! Tokenizer built from GGUF metadata. (Being written: see the helper's task.)
-use crate::Result;
-use crate::gguf::GgufModelFile;
+//! Tokenizer built from GGUF metadata, reproducing llama.cpp's `llama-vocab.cpp`.
+//!
+//! The vocabulary, merges and token types in the GGUF become a real [`tokenizers::Tokenizer`]
+//! (no `tokenizer.json` on disk): a byte-level BPE model, a pre-tokenizer made of the regexes
+//! llama.cpp picks for `tokenizer.ggml.pre`, and every special token as an [`AddedToken`].
+//!
+//! Special tokens follow llama.cpp's rules, which decide what a prompt becomes:
+//! - control and unknown tokens are matched in the text only when `parse_special` is on, so a
+//!   user who types `<|im_start|>` gets ordinary text, while the rendered template gets the id;
+//! - user-defined tokens are matched always;
+//! - tokens whose text llama.cpp treats as end-of-turn/end-of-generation/FIM markers are
+//!   promoted to control tokens even when the GGUF calls them normal.
+//!
+//! Current limits: only `tokenizer.ggml.model = "gpt2"` (byte-level BPE). SentencePiece-style
+//! vocabularies (`"llama"`: Llama 2, Gemma) are refused with an error. Special tokens are
+//! found leftmost-longest (Hugging Face's rule) where llama.cpp splits longest-token-first; the
+//! two differ only when special tokens overlap inside the text. The per-token `lstrip`/`rstrip`
+//! attributes llama.cpp sets for a few model names (phi-3, jina) are not applied.
 
-pub struct GgufTokenizer {}
+use std::collections::{HashMap, HashSet};
+
+use candle_core::quantized::gguf_file::Value;
+use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    AddedToken, AddedVocabulary, Model, OffsetReferential, OffsetType, PreTokenizedString,
+    PreTokenizer, SplitDelimiterBehavior, Tokenizer,
+};
+
+use crate::gguf::GgufModelFile;
+use crate::{EngineError, Result};
+
+/// GPT-2's pre-tokenizer regex (the form Hugging Face uses; llama.cpp implements the same
+/// split by hand in `unicode_regex_split_custom_gpt2`).
+const REGEX_GPT2: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// Llama 3's regex as llama.cpp writes it (case-insensitive contractions spelled out).
+const REGEX_LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2's regex: Llama 3's with single digits.
+const REGEX_QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Every digit on its own (StarCoder, SmolLM).
+const REGEX_DIGIT: &str = r"\p{N}";
+
+// GGUF `tokenizer.ggml.token_type` values.
+const TYPE_UNDEFINED: i64 = 0;
+const TYPE_NORMAL: i64 = 1;
+const TYPE_UNKNOWN: i64 = 2;
+const TYPE_CONTROL: i64 = 3;
+const TYPE_USER_DEFINED: i64 = 4;
+const TYPE_UNUSED: i64 = 5;
+const TYPE_BYTE: i64 = 6;
+
+// llama.cpp's token attributes (a bit set: a normal token can be promoted to control).
+const ATTR_UNDEFINED: u8 = 0;
+const ATTR_UNKNOWN: u8 = 1 << 0;
+const ATTR_UNUSED: u8 = 1 << 1;
+const ATTR_NORMAL: u8 = 1 << 2;
+const ATTR_CONTROL: u8 = 1 << 3;
+const ATTR_USER_DEFINED: u8 = 1 << 4;
+const ATTR_BYTE: u8 = 1 << 5;
+
+/// Texts llama.cpp takes as the end-of-turn token when `tokenizer.ggml.eot_token_id` is absent.
+const EOT_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
+];
+const FIM_PRE_TEXTS: &[&str] = &[
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
+    "<|prefix|>",
+];
+const FIM_SUF_TEXTS: &[&str] = &[
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
+    "<|suffix|>",
+];
+const FIM_MID_TEXTS: &[&str] = &[
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
+    "<|middle|>",
+];
+const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
+const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
+/// Texts that end generation wherever they appear in the vocabulary.
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
+];
+
+/// The tokenizer of one model: text to ids and ids to output bytes, as llama.cpp does it.
+pub struct GgufTokenizer {
+    /// Model, pre-tokenizer, decoder, and every special token as an [`AddedToken`].
+    inner: Tokenizer,
+    /// Only the user-defined tokens: what is matched when `parse_special` is off.
+    user_defined: AddedVocabulary,
+    /// Token texts as stored in the GGUF (byte-level encoded for BPE).
+    texts: Vec<String>,
+    /// llama.cpp token attributes (`ATTR_*` bits), one per id.
+    attrs: Vec<u8>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    bos_text: String,
+    eos_text: String,
+    add_bos: bool,
+    /// End-of-generation ids, sorted.
+    eog: Vec<u32>,
+}
+
+impl std::fmt::Debug for GgufTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufTokenizer")
+            .field("vocab_size", &self.texts.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("eog", &self.eog)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Vocabulary families, from `tokenizer.ggml.model`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VocabKind {
+    /// `gpt2`: byte-level BPE with merge ranks.
+    BytePairs,
+}
+
+/// What `tokenizer.ggml.pre` selects for a BPE vocabulary.
+struct PreTokenizerChoice {
+    regexes: &'static [&'static str],
+    ignore_merges: bool,
+    /// llama.cpp's default for `add_bos` when the GGUF does not say.
+    add_bos: bool,
+}
+
+fn pre_tokenizer_for(pre: &str) -> Result<PreTokenizerChoice> {
+    let choice = |regexes, ignore_merges, add_bos| PreTokenizerChoice {
+        regexes,
+        ignore_merges,
+        add_bos,
+    };
+    Ok(match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" => choice(&[REGEX_LLAMA3], true, true),
+        "dbrx" | "smaug-bpe" => choice(&[REGEX_LLAMA3], false, false),
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan"
+        | "solar-open" => choice(&[REGEX_QWEN2], false, false),
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => choice(&[REGEX_DIGIT, REGEX_GPT2], false, false),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "a.x-4.0" | "mellum" | "modern-bert" | "mpt" | "olmo" | "jais" | "trillion"
+        | "granite-docling" | "exaone4" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => {
+            choice(&[REGEX_GPT2], false, false)
+        }
+        "" | "default" => choice(
+            &[
+                r"[\p{P}\$\+<=>\^~\|]+",
+                REGEX_GPT2,
+                r"\p{N}+",
+                "[0-9][0-9][0-9]",
+            ],
+            false,
+            false,
+        ),
+        other => {
+            return Err(EngineError::Tokenizer(format!(
+                "pre-tokenizer '{other}' (tokenizer.ggml.pre) is not supported"
+            )));
+        }
+    })
+}
 
 impl GgufTokenizer {
     pub fn from_gguf(file: &GgufModelFile) -> Result<Self> {
-        let _ = file;
-        unimplemented!()
+        Self::from_metadata(&file.content.metadata)
     }
+
+    /// Builds the tokenizer from the `tokenizer.ggml.*` metadata of a GGUF file.
+    pub fn from_metadata(metadata: &HashMap<String, Value>) -> Result<Self> {
+        let meta = Meta(metadata);
+        let model = meta.string("tokenizer.ggml.model")?.ok_or_else(|| {
+            EngineError::Tokenizer("metadata has no tokenizer.ggml.model".to_owned())
+        })?;
+        let kind = match model {
+            "gpt2" => VocabKind::BytePairs,
+            "llama" => {
+                return Err(EngineError::Tokenizer(
+                    "SentencePiece vocabularies (tokenizer.ggml.model = llama) are not supported yet"
+                        .to_owned(),
+                ));
+            }
+            other => {
+                return Err(EngineError::Tokenizer(format!(
+                    "tokenizer.ggml.model '{other}' is not supported"
+                )));
+            }
+        };
+        let pre = meta.string("tokenizer.ggml.pre")?.unwrap_or("");
+        let choice = pre_tokenizer_for(pre)?;
+
+        let texts = read_token_texts(&meta)?;
+        let n_tokens = texts.len();
+        let mut attrs = read_token_attrs(&meta, n_tokens)?;
+
+        // Special ids: llama.cpp's defaults for the vocabulary kind, overridden by metadata.
+        let in_range = |id: u32| (id as usize) < n_tokens;
+        let (default_bos, default_eos) = match kind {
+            VocabKind::BytePairs => (Some(11), Some(11)),
+        };
+        let special = |key: &str, default: Option<u32>| -> Result<Option<u32>> {
+            let default = default.filter(|&id| in_range(id));
+            Ok(match meta.uint(key)? {
+                Some(id) if in_range(id) => Some(id),
+                Some(id) => {
+                    log::warn!(key = key, id = id; "special token id out of vocabulary range, ignored");
+                    default
+                }
+                None => default,
+            })
+        };
+        let bos = special("tokenizer.ggml.bos_token_id", default_bos)?;
+        let eos = special("tokenizer.ggml.eos_token_id", default_eos)?;
+        let mut eot = special("tokenizer.ggml.eot_token_id", None)?;
+        let mut eom = special("tokenizer.ggml.eom_token_id", None)?;
+        let fim_pre = special("tokenizer.ggml.prefix_token_id", None)?;
+        let fim_suf = special("tokenizer.ggml.suffix_token_id", None)?;
+        let fim_mid = special("tokenizer.ggml.middle_token_id", None)?;
+        let mut fim_pre = special("tokenizer.ggml.fim_pre_token_id", fim_pre)?;
+        let mut fim_suf = special("tokenizer.ggml.fim_suf_token_id", fim_suf)?;
+        let mut fim_mid = special("tokenizer.ggml.fim_mid_token_id", fim_mid)?;
+        let mut fim_pad = special("tokenizer.ggml.fim_pad_token_id", None)?;
+        let mut fim_rep = special("tokenizer.ggml.fim_rep_token_id", None)?;
+        let mut fim_sep = special("tokenizer.ggml.fim_sep_token_id", None)?;
+
+        let add_bos = meta
+            .bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(choice.add_bos);
+        if add_bos && bos.is_none() {
+            return Err(EngineError::Tokenizer(
+                "tokenizer.ggml.add_bos_token is true but there is no BOS token".to_owned(),
+            ));
+        }
+
+        // Find end-of-turn and FIM tokens by their text and make them control tokens.
+        for (id, text) in texts.iter().enumerate() {
+            let id = id as u32;
+            let text = text.as_str();
+            for (slot, list) in [
+                (&mut eot, EOT_TEXTS),
+                (&mut eom, &["<|eom_id|>"][..]),
+                (&mut fim_pre, FIM_PRE_TEXTS),
+                (&mut fim_suf, FIM_SUF_TEXTS),
+                (&mut fim_mid, FIM_MID_TEXTS),
+                (&mut fim_pad, FIM_PAD_TEXTS),
+                (&mut fim_rep, FIM_REP_TEXTS),
+                (&mut fim_sep, FIM_SEP_TEXTS),
+            ] {
+                if slot.is_none() && list.contains(&text) {
+                    *slot = Some(id);
+                    attrs[id as usize] |= ATTR_CONTROL;
+                }
+            }
+        }
+
+        // The end-of-generation set, as llama.cpp builds it.
+        let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
+        for (id, text) in texts.iter().enumerate() {
+            if EOG_TEXTS.contains(&text.as_str()) {
+                eog.insert(id as u32);
+                attrs[id] |= ATTR_CONTROL;
+            }
+            // gpt-oss: these always render.
+            if matches!(
+                text.as_str(),
+                "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
+            ) {
+                attrs[id] = ATTR_USER_DEFINED;
+            }
+        }
+        eog.extend([eos, eot, eom].into_iter().flatten());
+        let eog_with_text = |eog: &HashSet<u32>, wanted: &[&str]| {
+            eog.iter()
+                .copied()
+                .find(|&id| wanted.contains(&texts[id as usize].as_str()))
+        };
+        // o200k_harmony and solar-open: "<|end|>" is not the end of generation there.
+        let has = |eog: &HashSet<u32>, wanted: &[&str]| eog_with_text(eog, wanted).is_some();
+        if let Some(end) = eog_with_text(&eog, &["<|end|>"]) {
+            let has_call = has(&eog, &["<|call|>", "<|calls|>"]);
+            if has_call && (has(&eog, &["<|return|>"]) || has(&eog, &["<|flush|>"])) {
+                eog.remove(&end);
+                attrs[end as usize] = ATTR_USER_DEFINED;
+            }
+        }
+        // gemma4 and paddleocr: "</s>" is ordinary text there.
+        if has(&eog, &["<|tool_response>"]) {
+            if let Some(s) = eog_with_text(&eog, &["</s>"]) {
+                eog.remove(&s);
+                attrs[s as usize] = ATTR_NORMAL;
+            }
+        }
+        let mut eog: Vec<u32> = eog.into_iter().collect();
+        eog.sort_unstable();
+
+        let inner = build_bpe_tokenizer(&meta, &texts, &attrs, &choice)?;
+        let mut user_defined = AddedVocabulary::new();
+        user_defined
+            .add_tokens(
+                added_tokens(&texts, &attrs, ATTR_USER_DEFINED),
+                inner.get_model(),
+                None::<&NormalizerWrapper>,
+            )
+            .map_err(tok_err)?;
+
+        let mut this = Self {
+            inner,
+            user_defined,
+            texts,
+            attrs,
+            bos,
+            eos,
+            bos_text: String::new(),
+            eos_text: String::new(),
+            add_bos,
+            eog,
+        };
+        this.bos_text = bos.map(|id| this.piece_text(id)).unwrap_or_default();
+        this.eos_text = eos.map(|id| this.piece_text(id)).unwrap_or_default();
+        Ok(this)
+    }
+
     /// `text` to ids; BOS prepended when `add_bos`; special-token text becomes control tokens
     /// only when `parse_special`.
     pub fn encode(&self, text: &str, add_bos: bool, parse_special: bool) -> Result<Vec<u32>> {
-        let _ = (text, add_bos, parse_special);
-        unimplemented!()
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+        if add_bos {
+            let bos = self.bos.ok_or_else(|| {
+                EngineError::Tokenizer("BOS requested but the model has none".to_owned())
+            })?;
+            ids.push(bos);
+        }
+        if text.is_empty() {
+            return Ok(ids);
+        }
+        let added = if parse_special {
+            self.inner.get_added_vocabulary()
+        } else {
+            &self.user_defined
+        };
+        let mut pieces: PreTokenizedString =
+            added.extract_and_normalize(None::<&NormalizerWrapper>, text);
+        if let Some(pre) = self.inner.get_pre_tokenizer() {
+            pre.pre_tokenize(&mut pieces).map_err(tok_err)?;
+        }
+        let model = self.inner.get_model();
+        pieces
+            .tokenize(|piece| model.tokenize(piece.get()))
+            .map_err(tok_err)?;
+        for (_, _, tokens) in pieces.get_splits(OffsetReferential::Original, OffsetType::None) {
+            ids.extend(tokens.iter().flatten().map(|token| token.id));
+        }
+        Ok(ids)
     }
-    /// Whether the model wants BOS at the start of a prompt (`tokenizer.ggml.add_bos_token`).
+
+    /// Whether the model wants BOS at the start of a prompt (`tokenizer.ggml.add_bos_token`,
+    /// else llama.cpp's default for the vocabulary).
     pub fn add_bos(&self) -> bool {
-        unimplemented!()
+        self.add_bos
     }
+
+    /// BOS as text, for chat templates (`bos_token`); empty when the model has none.
     pub fn bos_text(&self) -> &str {
-        unimplemented!()
+        &self.bos_text
     }
+
+    /// EOS as text, for chat templates (`eos_token`); empty when the model has none.
     pub fn eos_text(&self) -> &str {
-        unimplemented!()
+        &self.eos_text
     }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+
     /// True for every end-of-generation id (llama.cpp's EOG set: EOS, EOT, im_end...).
     pub fn is_eog(&self, id: u32) -> bool {
-        let _ = id;
-        unimplemented!()
+        self.eog.binary_search(&id).is_ok()
     }
-    /// The text of `id` as it should appear in output (control tokens give "").
+
+    /// Every end-of-generation id, sorted.
+    pub fn eog_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
+    /// Number of ids in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.texts.len()
+    }
+
+    /// The underlying Hugging Face tokenizer (model, pre-tokenizer, special tokens).
+    pub fn hf_tokenizer(&self) -> &Tokenizer {
+        &self.inner
+    }
+
+    /// The raw bytes `id` contributes to output. Control, unknown and unused tokens, and ids
+    /// outside the vocabulary, give nothing. A multi-byte character may be split across
+    /// tokens, so a single token's bytes need not be valid UTF-8.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
-        let _ = id;
-        unimplemented!()
+        self.piece(id, false)
+    }
+
+    /// llama.cpp's `token_to_piece`; `special` renders control tokens as their text.
+    fn piece(&self, id: u32, special: bool) -> Vec<u8> {
+        let (Some(text), Some(&attr)) = (self.texts.get(id as usize), self.attrs.get(id as usize))
+        else {
+            return Vec::new();
+        };
+        if !special && attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
+            return Vec::new();
+        }
+        if attr & (ATTR_CONTROL | ATTR_UNKNOWN | ATTR_USER_DEFINED) != 0 {
+            return text.as_bytes().to_vec();
+        }
+        if attr & ATTR_NORMAL != 0 {
+            return byte_level_decode(text);
+        }
+        if attr & ATTR_BYTE != 0 {
+            return parse_byte_token(text).map(|b| vec![b]).unwrap_or_default();
+        }
+        Vec::new()
+    }
+
+    fn piece_text(&self, id: u32) -> String {
+        String::from_utf8_lossy(&self.piece(id, true)).into_owned()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
+}
+
+/// Typed access to GGUF metadata; wrong types are errors, missing keys are `None`.
+struct Meta<'a>(&'a HashMap<String, Value>);
+
+impl Meta<'_> {
+    fn wrong_type(key: &str, wanted: &str) -> EngineError {
+        EngineError::Tokenizer(format!("metadata key {key} is not {wanted}"))
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&str>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(Self::wrong_type(key, "a string")),
+        }
+    }
+
+    fn uint(&self, key: &str) -> Result<Option<u32>> {
+        let Some(value) = self.0.get(key) else {
+            return Ok(None);
+        };
+        int_value(value)
+            .and_then(|v| u32::try_from(v).ok())
+            .map(Some)
+            .ok_or_else(|| Self::wrong_type(key, "an unsigned 32-bit integer"))
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(Self::wrong_type(key, "a boolean")),
+        }
+    }
+
+    fn array(&self, key: &str) -> Result<Option<&[Value]>> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(Value::Array(values)) => Ok(Some(values)),
+            Some(_) => Err(Self::wrong_type(key, "an array")),
+        }
+    }
+}
+
+fn int_value(value: &Value) -> Option<i64> {
+    Some(match *value {
+        Value::U8(v) => v.into(),
+        Value::I8(v) => v.into(),
+        Value::U16(v) => v.into(),
+        Value::I16(v) => v.into(),
+        Value::U32(v) => v.into(),
+        Value::I32(v) => v.into(),
+        Value::U64(v) => i64::try_from(v).ok()?,
+        Value::I64(v) => v,
+        _ => return None,
+    })
+}
+
+/// `tokenizer.ggml.tokens`, with llama.cpp's placeholder for empty entries. Duplicates are an
+/// error, as in llama.cpp: ids would be ambiguous.
+fn read_token_texts(meta: &Meta<'_>) -> Result<Vec<String>> {
+    const KEY: &str = "tokenizer.ggml.tokens";
+    let values = meta
+        .array(KEY)?
+        .ok_or_else(|| EngineError::Tokenizer(format!("metadata has no {KEY}")))?;
+    if values.is_empty() || values.len() > u32::MAX as usize / 2 {
+        return Err(EngineError::Tokenizer(format!(
+            "{KEY} has {} entries",
+            values.len()
+        )));
+    }
+    let mut seen = HashSet::with_capacity(values.len());
+    let mut texts = Vec::with_capacity(values.len());
+    for (id, value) in values.iter().enumerate() {
+        let Value::String(text) = value else {
+            return Err(Meta::wrong_type(KEY, "an array of strings"));
+        };
+        let text = if text.is_empty() {
+            format!("[EMPTY_{id}]")
+        } else {
+            text.clone()
+        };
+        if !seen.insert(text.clone()) {
+            return Err(EngineError::Tokenizer(format!(
+                "duplicate token in vocabulary: {text:?} (id {id})"
+            )));
+        }
+        texts.push(text);
+    }
+    Ok(texts)
+}
+
+fn read_token_attrs(meta: &Meta<'_>, n_tokens: usize) -> Result<Vec<u8>> {
+    const KEY: &str = "tokenizer.ggml.token_type";
+    let Some(types) = meta.array(KEY)? else {
+        return Ok(vec![ATTR_NORMAL; n_tokens]);
+    };
+    if types.len() < n_tokens {
+        return Err(EngineError::Tokenizer(format!(
+            "{KEY} has {} entries for {n_tokens} tokens",
+            types.len()
+        )));
+    }
+    types[..n_tokens]
+        .iter()
+        .map(|value| {
+            let kind = int_value(value).ok_or_else(|| Meta::wrong_type(KEY, "integers"))?;
+            Ok(match kind {
+                TYPE_NORMAL => ATTR_NORMAL,
+                TYPE_UNKNOWN => ATTR_UNKNOWN,
+                TYPE_CONTROL => ATTR_CONTROL,
+                TYPE_USER_DEFINED => ATTR_USER_DEFINED,
+                TYPE_UNUSED => ATTR_UNUSED,
+                TYPE_BYTE => ATTR_BYTE,
+                TYPE_UNDEFINED => ATTR_UNDEFINED,
+                _ => ATTR_UNDEFINED,
+            })
+        })
+        .collect()
+}
+
+/// Tokens with any of `mask` among their attributes, as added tokens matched verbatim.
+fn added_tokens(texts: &[String], attrs: &[u8], mask: u8) -> Vec<AddedToken> {
+    let special = mask & (ATTR_CONTROL | ATTR_UNKNOWN) != 0;
+    texts
+        .iter()
+        .zip(attrs)
+        .filter(|&(_, &attr)| attr & mask != 0)
+        .map(|(text, &attr)| {
+            // Only control/unknown tokens are "special" (skipped when parse_special is off).
+            let is_special = special && attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0;
+            AddedToken::from(text.clone(), is_special).normalized(false)
+        })
+        .collect()
+}
+
+fn build_bpe_tokenizer(
+    meta: &Meta<'_>,
+    texts: &[String],
+    attrs: &[u8],
+    choice: &PreTokenizerChoice,
+) -> Result<Tokenizer> {
+    const KEY: &str = "tokenizer.ggml.merges";
+    let vocab: Vocab = texts
+        .iter()
+        .enumerate()
+        .map(|(id, text)| (text.clone(), id as u32))
+        .collect();
+    let raw_merges = meta
+        .array(KEY)?
+        .ok_or_else(|| EngineError::Tokenizer(format!("metadata has no {KEY}")))?;
+    // llama.cpp splits at the first space after the first byte and keeps the first rank of a
+    // repeated pair. Merges whose parts or result are not tokens can never produce an id;
+    // they are dropped (the BPE builder would reject them).
+    let mut merges: Merges = Vec::with_capacity(raw_merges.len());
+    let mut seen = HashSet::with_capacity(raw_merges.len());
+    let mut dropped = 0usize;
+    for value in raw_merges {
+        let Value::String(merge) = value else {
+            return Err(Meta::wrong_type(KEY, "an array of strings"));
+        };
+        let split = merge
+            .char_indices()
+            .skip(1)
+            .find(|&(_, c)| c == ' ')
+            .map(|(i, _)| (&merge[..i], &merge[i + 1..]));
+        let Some((left, right)) = split else {
+            dropped += 1;
+            continue;
+        };
+        let joined = format!("{left}{right}");
+        if !vocab.contains_key(left) || !vocab.contains_key(right) || !vocab.contains_key(&joined) {
+            dropped += 1;
+            continue;
+        }
+        if seen.insert((left, right)) {
+            merges.push((left.to_owned(), right.to_owned()));
+        }
+    }
+    if dropped > 0 {
+        log::warn!(dropped = dropped; "BPE merges that cannot produce a token were ignored");
+    }
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(choice.ignore_merges)
+        .build()
+        .map_err(tok_err)?;
+
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(choice.regexes.len() + 1);
+    for regex in choice.regexes {
+        let split = Split::new(
+            SplitPattern::Regex((*regex).to_owned()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(Sequence::new(steps)));
+    tokenizer.with_decoder(Some(ByteLevel::default()));
+    tokenizer
+        .add_tokens(added_tokens(
+            texts,
+            attrs,
+            ATTR_CONTROL | ATTR_UNKNOWN | ATTR_USER_DEFINED,
+        ))
+        .map_err(tok_err)?;
+    Ok(tokenizer)
+}
+
+/// GPT-2's byte-to-character table: printable Latin-1 bytes stand for themselves, the rest
+/// are shifted to U+0100 and up.
+fn byte_level_char(byte: u8) -> char {
+    let b = u32::from(byte);
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    if printable(b) {
+        return char::from(byte);
+    }
+    let shifted = (0..b).filter(|&x| !printable(x)).count() as u32;
+    char::from_u32(256 + shifted).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+/// Inverse of [`byte_level_char`]: the byte a character of a byte-level token stands for.
+fn byte_level_byte(c: char) -> Option<u8> {
+    static TABLE: std::sync::OnceLock<HashMap<char, u8>> = std::sync::OnceLock::new();
+    TABLE
+        .get_or_init(|| (0..=255u8).map(|b| (byte_level_char(b), b)).collect())
+        .get(&c)
+        .copied()
+}
+
+/// A byte-level BPE token's text to the bytes it stands for. Characters outside the table
+/// (not produced by GPT-2 conversion) are kept as their UTF-8.
+fn byte_level_decode(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        match byte_level_byte(c) {
+            Some(b) => out.push(b),
+            None => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out
+}
+
+/// `<0xAB>` to 0xAB.
+fn parse_byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    u8::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A byte-level vocabulary: the 256 byte characters, a few merges, and special tokens.
+    fn metadata(pre: &str, extra: &[(&str, i32)], merges: &[&str]) -> HashMap<String, Value> {
+        let mut tokens: Vec<String> = (0..=255u8)
+            .map(|b| byte_level_char(b).to_string())
+            .collect();
+        let mut types = vec![1i32; tokens.len()];
+        for merge in merges {
+            let joined = merge.replace(' ', "");
+            if !tokens.contains(&joined) {
+                tokens.push(joined);
+                types.push(1);
+            }
+        }
+        for (text, kind) in extra {
+            tokens.push((*text).to_owned());
+            types.push(*kind);
+        }
+        let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
+        let mut m = HashMap::new();
+        m.insert("tokenizer.ggml.model".into(), Value::String("gpt2".into()));
+        m.insert("tokenizer.ggml.pre".into(), Value::String(pre.into()));
+        m.insert("tokenizer.ggml.tokens".into(), strings(tokens));
+        m.insert(
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        );
+        m.insert(
+            "tokenizer.ggml.merges".into(),
+            strings(merges.iter().map(|s| (*s).to_owned()).collect()),
+        );
+        m
+    }
+
+    fn id(tok: &GgufTokenizer, text: &str) -> u32 {
+        tok.texts.iter().position(|t| t == text).unwrap() as u32
+    }
+
+    #[test]
+    fn multibyte_character_split_across_tokens_reassembles() {
+        let tok = GgufTokenizer::from_metadata(&metadata("gpt-2", &[], &[])).unwrap();
+        let text = "é🦀";
+        let ids = tok.encode(text, false, false).unwrap();
+        assert_eq!(ids.len(), text.len(), "no merges: one token per byte");
+        assert!(
+            ids.iter()
+                .all(|&i| std::str::from_utf8(&tok.token_bytes(i)).is_err())
+        );
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i)).collect();
+        assert_eq!(bytes, text.as_bytes());
+    }
+
+    #[test]
+    fn merges_apply_by_rank() {
+        let meta = metadata("gpt-2", &[], &["h e", "l l", "he ll", "Ġ w"]);
+        let tok = GgufTokenizer::from_metadata(&meta).unwrap();
+        let ids = tok.encode("hello w", false, false).unwrap();
+        let pieces: Vec<&str> = ids
+            .iter()
+            .map(|&i| tok.texts[i as usize].as_str())
+            .collect();
+        assert_eq!(pieces, ["hell", "o", "Ġw"]);
+    }
+
+    #[test]
+    fn control_tokens_only_with_parse_special_user_defined_always() {
+        let meta = metadata(
+            "smollm",
+            &[("<|im_end|>", 3), ("<tool>", 4), ("<|extra|>", 3)],
+            &[],
+        );
+        let tok = GgufTokenizer::from_metadata(&meta).unwrap();
+        let im_end = id(&tok, "<|im_end|>");
+        let tool = id(&tok, "<tool>");
+        assert_eq!(tok.encode("<|im_end|>", false, true).unwrap(), [im_end]);
+        let plain = tok.encode("<|im_end|>", false, false).unwrap();
+        assert_eq!(plain.len(), "<|im_end|>".len());
+        assert_eq!(tok.encode("<tool>", false, false).unwrap(), [tool]);
+        assert_eq!(tok.encode("<tool>", false, true).unwrap(), [tool]);
+        // Output: control tokens render as nothing, user-defined as their text.
+        assert!(tok.token_bytes(im_end).is_empty());
+        assert_eq!(tok.token_bytes(tool), b"<tool>");
+        assert!(tok.token_bytes(u32::MAX).is_empty());
+        assert!(tok.is_eog(im_end));
+        assert!(!tok.is_eog(id(&tok, "<|extra|>")));
+    }
+
+    #[test]
+    fn digits_split_one_by_one_for_smollm() {
+        let meta = metadata("smollm", &[], &["1 2"]);
+        let tok = GgufTokenizer::from_metadata(&meta).unwrap();
+        assert_eq!(tok.encode("12", false, false).unwrap().len(), 2);
+        let gpt2 = GgufTokenizer::from_metadata(&metadata("gpt-2", &[], &["1 2"])).unwrap();
+        assert_eq!(gpt2.encode("12", false, false).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn eog_set_and_bos_defaults() {
+        let mut meta = metadata(
+            "qwen2",
+            &[
+                ("<|endoftext|>", 3),
+                ("<|im_end|>", 3),
+                ("</s>", 1),
+                ("<|fim_pad|>", 3),
+                ("<|fim_prefix|>", 3),
+            ],
+            &[],
+        );
+        let n = 256;
+        meta.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(n + 1));
+        let tok = GgufTokenizer::from_metadata(&meta).unwrap();
+        assert_eq!(tok.eog_ids(), [n, n + 1, n + 2, n + 3]);
+        assert!(!tok.add_bos());
+        assert_eq!(tok.eos_text(), "<|im_end|>");
+        // "</s>" was promoted to control: parsed only as special, rendered as nothing.
+        assert_eq!(tok.encode("</s>", false, true).unwrap(), [n + 2]);
+        assert_eq!(tok.encode("</s>", false, false).unwrap().len(), 4);
+        assert!(tok.token_bytes(n + 2).is_empty());
+        // gpt2 default BOS is id 11, which is the byte-level character for byte 11.
+        assert_eq!(tok.bos_id(), Some(11));
+        assert_eq!(tok.encode("", true, true).unwrap(), [11]);
+    }
+
+    #[test]
+    fn refuses_bad_metadata_without_panicking() {
+        let mut meta = metadata("gpt-2", &[], &[]);
+        meta.insert("tokenizer.ggml.pre".into(), Value::String("nope".into()));
+        assert!(GgufTokenizer::from_metadata(&meta).is_err());
+
+        let mut meta = metadata("gpt-2", &[], &[]);
+        meta.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        assert!(GgufTokenizer::from_metadata(&meta).is_err());
+
+        let mut meta = metadata("gpt-2", &[("a", 1)], &[]);
+        assert!(
+            GgufTokenizer::from_metadata(&meta).is_err(),
+            "duplicate 'a'"
+        );
+        meta.insert("tokenizer.ggml.tokens".into(), Value::U32(3));
+        assert!(GgufTokenizer::from_metadata(&meta).is_err());
+
+        // Merges naming unknown tokens, without a space, or too long are ignored.
+        let mut meta = metadata("gpt-2", &[], &[]);
+        meta.insert(
+            "tokenizer.ggml.merges".into(),
+            Value::Array(vec![
+                Value::String("zz zz".into()),
+                Value::String("nospace".into()),
+                Value::String(" ".into()),
+                Value::String("a b".into()),
+            ]),
+        );
+        let tok = GgufTokenizer::from_metadata(&meta).unwrap();
+        assert_eq!(tok.encode("ab", false, true).unwrap().len(), 2);
+
+        let mut meta = metadata("gpt-2", &[], &[]);
+        meta.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(true));
+        meta.insert("tokenizer.ggml.bos_token_id".into(), Value::U32(1 << 30));
+        // Out-of-range BOS falls back to the default (11), which exists here.
+        assert_eq!(
+            GgufTokenizer::from_metadata(&meta).unwrap().bos_id(),
+            Some(11)
+        );
+    }
+
+    #[test]
+    fn odd_input_does_not_panic() {
+        let meta = metadata("qwen2", &[("<|im_end|>", 3)], &["Ġ Ġ", "ĠĠ ĠĠ"]);
+        let tok = GgufTokenizer::from_metadata(&meta).unwrap();
+        for text in [
+            "\0\u{1}\u{7f}\u{85}\u{a0}\u{2028}\u{feff}",
+            "<|im_end|<|im_end|>>",
+            &" ".repeat(100_000),
+            &"a".repeat(100_000),
+            &"\n\r\t ".repeat(10_000),
+            &"🦀".repeat(10_000),
+        ] {
+            for special in [false, true] {
+                let ids = tok.encode(text, false, special).unwrap();
+                let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i)).collect();
+                if !special {
+                    assert_eq!(bytes, text.as_bytes());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_level_table_is_a_bijection() {
+        let chars: HashSet<char> = (0..=255u8).map(byte_level_char).collect();
+        assert_eq!(chars.len(), 256);
+        assert_eq!(byte_level_char(b' '), 'Ġ');
+        assert_eq!(byte_level_char(b'\n'), 'Ċ');
+        for b in 0..=255u8 {
+            assert_eq!(byte_level_byte(byte_level_char(b)), Some(b));
+        }
+        assert_eq!(parse_byte_token("<0x0A>"), Some(10));
+        assert_eq!(parse_byte_token("<0xZZ>"), None);
     }
 }

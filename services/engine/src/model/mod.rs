@@ -1,6 +1,22 @@
-//! Transformer forward passes over quantized GGUF weights. (Being written: see the helper's task.)
+//! Transformer forward passes over quantized GGUF weights.
+//!
+//! One decoder ([`transformer::Transformer`]) serves the llama and qwen2 architectures; they
+//! differ only in what [`HParams`] records: RoPE style (llama.cpp's "normal" interleaved pairs
+//! for llama, whose GGUF q/k weights are stored permuted for it; NEOX halves for qwen2), the
+//! q/k/v biases qwen2 carries, and whether the output projection is tied to the embeddings.
+//!
+//! The matrix products run on candle's quantized kernels (`QMatMul`), weights stay quantized,
+//! token embeddings included (only the looked-up rows are dequantized). Norms, RoPE, attention
+//! and the KV cache are plain Rust over `f32` slices, written to follow ggml's arithmetic:
+//! RMS sums in `f64`, the RoPE angle advanced by repeated multiplication, and K/V rounded to
+//! `f16` on their way into the cache as llama.cpp's default f16 cache does.
+//!
+//! Current limits: CPU only, one sequence, no RoPE scaling other than linear.
 use crate::gguf::GgufModelFile;
-use crate::{EngineConfig, Result};
+use crate::{EngineConfig, EngineError, Result};
+
+mod ops;
+mod transformer;
 
 /// A model's forward pass with its own KV cache.
 pub trait Forward: Send {
@@ -13,8 +29,140 @@ pub trait Forward: Send {
     fn context_length(&self) -> usize;
 }
 
+/// How the rotary embedding pairs up the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// llama.cpp's `LLAMA_ROPE_TYPE_NORM`: dimensions `(2i, 2i+1)` rotate together.
+    Interleaved,
+    /// llama.cpp's `LLAMA_ROPE_TYPE_NEOX`: dimensions `(i, i + n_rot/2)` rotate together.
+    Neox,
+}
+
+/// Shape and constants of a decoder, read from the GGUF metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HParams {
+    pub architecture: String,
+    pub n_layer: usize,
+    pub n_embd: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+    pub n_ff: usize,
+    /// Dimensions of each head that RoPE rotates (≤ `head_dim`).
+    pub n_rot: usize,
+    pub rope_style: RopeStyle,
+    pub rope_freq_base: f32,
+    /// Multiplier on positions (1 / linear scaling factor).
+    pub rope_freq_scale: f32,
+    pub rms_eps: f32,
+    pub context_length: usize,
+    /// Whether q/k/v projections carry biases.
+    pub qkv_bias: bool,
+}
+
+impl HParams {
+    /// Reads the hyperparameters of `file`'s architecture from its metadata.
+    pub fn from_gguf(file: &GgufModelFile) -> Result<Self> {
+        let arch = file.architecture().to_owned();
+        let (rope_style, qkv_bias) = match arch.as_str() {
+            "llama" => (RopeStyle::Interleaved, false),
+            "qwen2" => (RopeStyle::Neox, true),
+            other => {
+                return Err(EngineError::UnsupportedArchitecture {
+                    path: file.path.clone(),
+                    arch: other.to_owned(),
+                    supported: "llama, qwen2",
+                });
+            }
+        };
+        let key = |s: &str| file.arch_key(s);
+        let n_embd = file.get_usize(&key("embedding_length"))?;
+        let n_head = file.get_usize(&key("attention.head_count"))?;
+        let n_head_kv = file
+            .opt_usize(&key("attention.head_count_kv"))?
+            .unwrap_or(n_head);
+        let invalid = |reason: String| EngineError::InvalidGguf {
+            path: file.path.clone(),
+            reason,
+        };
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(invalid(format!(
+                "{n_head} attention heads cannot share {n_head_kv} key/value heads"
+            )));
+        }
+        let head_dim = match file.opt_usize(&key("attention.key_length"))? {
+            Some(d) => d,
+            None if n_embd % n_head == 0 => n_embd / n_head,
+            None => {
+                return Err(invalid(format!(
+                    "embedding length {n_embd} is not a multiple of {n_head} heads"
+                )));
+            }
+        };
+        if let Some(v) = file.opt_usize(&key("attention.value_length"))? {
+            if v != head_dim {
+                return Err(invalid(format!(
+                    "value length {v} differs from key length {head_dim}"
+                )));
+            }
+        }
+        let n_rot = file
+            .opt_usize(&key("rope.dimension_count"))?
+            .unwrap_or(head_dim);
+        if n_rot == 0 || n_rot > head_dim || n_rot % 2 != 0 {
+            return Err(invalid(format!(
+                "RoPE dimension count {n_rot} does not fit head size {head_dim}"
+            )));
+        }
+        let rope_freq_scale = match file.opt_str(&key("rope.scaling.type"))? {
+            None | Some("none") => 1.0,
+            Some("linear") => {
+                let factor = file.get_f32(&key("rope.scaling.factor"))?;
+                if !(factor.is_finite() && factor > 0.0) {
+                    return Err(invalid(format!("RoPE scaling factor {factor}")));
+                }
+                1.0 / factor
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "RoPE scaling '{other}' is not supported (only linear)"
+                )));
+            }
+        };
+        let rope_freq_base = file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
+        let rms_eps = file.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
+        let hp = Self {
+            n_layer: file.get_usize(&key("block_count"))?,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_ff: file.get_usize(&key("feed_forward_length"))?,
+            n_rot,
+            rope_style,
+            rope_freq_base,
+            rope_freq_scale,
+            rms_eps,
+            context_length: file.get_usize(&key("context_length"))?,
+            qkv_bias,
+            architecture: arch,
+        };
+        if hp.n_layer == 0 || hp.n_embd == 0 || hp.context_length == 0 || hp.n_ff == 0 {
+            return Err(invalid(format!("degenerate model shape {hp:?}")));
+        }
+        if !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
+            return Err(invalid(format!("RoPE frequency base {rope_freq_base}")));
+        }
+        if !(rms_eps.is_finite() && rms_eps >= 0.0) {
+            return Err(invalid(format!("RMS norm epsilon {rms_eps}")));
+        }
+        Ok(hp)
+    }
+}
+
 /// Builds the forward pass for the file's architecture.
 pub fn load(file: &GgufModelFile, config: &EngineConfig) -> Result<Box<dyn Forward>> {
-    let _ = (file, config);
-    unimplemented!()
+    let hparams = HParams::from_gguf(file)?;
+    let model = transformer::Transformer::load(file, hparams, config)?;
+    Ok(Box::new(model))
 }

@@ -1,0 +1,134 @@
+//! The one configuration struct, read from a TOML file, with command-line overrides.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// hearthd's configuration. Every field has a default, so an empty file is a valid config.
+/// In the image the defaults are read-only; overrides live on the data partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where hearthd keeps its state: `hearth.db`, the worker socket, (later) models and TLS
+    /// keys. Default: the per-user data directory (`~/.local/share/hearth`) in dev mode.
+    pub data_dir: PathBuf,
+    /// Address the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// GGUF files served as models in dev mode; each model's id is its file stem.
+    pub models: Vec<PathBuf>,
+    /// The inference worker binary. Default: `hearth-inference` next to the hearthd binary.
+    pub inference_worker: Option<PathBuf>,
+    /// Cap on each model's context length in tokens (prompt + answer). Default: the model's own.
+    pub max_context: Option<usize>,
+    /// Requests that may wait per model before new ones get 429.
+    pub queue_depth: usize,
+    /// Largest request body accepted on the API routes, in bytes; larger gets 413.
+    pub max_body_bytes: usize,
+    /// Largest `max_tokens` a request may ask for (the context still bounds it).
+    pub max_tokens_limit: usize,
+    /// First delay before restarting a worker that died, in milliseconds; doubles per crash.
+    pub restart_backoff_initial_ms: u64,
+    /// Longest delay between worker restarts, in milliseconds.
+    pub restart_backoff_max_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            models: Vec::new(),
+            inference_worker: None,
+            max_context: None,
+            queue_depth: 8,
+            max_body_bytes: 1024 * 1024,
+            max_tokens_limit: 32 * 1024,
+            restart_backoff_initial_ms: 250,
+            restart_backoff_max_ms: 30_000,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("hearth")
+}
+
+impl Config {
+    /// Reads a TOML config file; unknown keys are an error so typos do not pass silently.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| Error::ConfigParse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The dev-mode model list as (id, path): the id is the file stem.
+    pub fn model_files(&self) -> Result<Vec<(String, PathBuf)>, Error> {
+        let mut out: Vec<(String, PathBuf)> = Vec::new();
+        for path in &self.models {
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| Error::ModelPath { path: path.clone() })?
+                .to_owned();
+            if out.iter().any(|(seen, _)| *seen == id) {
+                return Err(Error::DuplicateModel { id });
+            }
+            out.push((id, path.clone()));
+        }
+        Ok(out)
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("hearth.db")
+    }
+
+    pub fn worker_socket(&self) -> PathBuf {
+        self.data_dir.join("run").join("inference.sock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.toml");
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(Config::from_file(&path).unwrap(), Config::default());
+        std::fs::write(&path, "listen = \"0.0.0.0:80\"\nmax_context = 512\n").unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.listen.port(), 80);
+        assert_eq!(c.max_context, Some(512));
+        std::fs::write(&path, "lisen = \"0.0.0.0:80\"\n").unwrap();
+        let err = Config::from_file(&path).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn model_ids_are_file_stems_and_must_be_unique() {
+        let c = Config {
+            models: vec!["/m/SmolLM2.Q4_1.gguf".into(), "/n/qwen.gguf".into()],
+            ..Config::default()
+        };
+        let ids: Vec<_> = c.model_files().unwrap().into_iter().map(|m| m.0).collect();
+        assert_eq!(ids, ["SmolLM2.Q4_1", "qwen"]);
+        let c = Config {
+            models: vec!["/a/x.gguf".into(), "/b/x.gguf".into()],
+            ..Config::default()
+        };
+        assert!(matches!(c.model_files(), Err(Error::DuplicateModel { .. })));
+    }
+}

@@ -1,0 +1,207 @@
+//! Talking to the inference worker, and keeping it alive.
+//!
+//! [`Inference`] is the seam the HTTP layer uses; [`WorkerClient`] is the real one (a Unix
+//! socket per request), and tests use an in-memory fake. [`supervise`] starts the worker
+//! process, restarts it with exponential backoff when it dies, and stops it on shutdown.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use hearth_ipc::{
+    ChatRequest, ErrorKind, Event, ModelStatus, Request, WorkerError, read_frame, write_frame,
+};
+use tokio::io::BufReader;
+use tokio::net::UnixStream;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// Events of one generation, ending with `Done` or `Error`.
+pub type EventStream = Pin<Box<dyn Stream<Item = Event> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// The worker is not running (starting, restarting or crashed).
+    #[error("the inference service is not answering: {0}")]
+    Unreachable(String),
+}
+
+/// What the HTTP layer needs from the inference service.
+#[async_trait::async_trait]
+pub trait Inference: Send + Sync {
+    async fn status(&self) -> Result<Vec<ModelStatus>, InferenceError>;
+    /// Starts a generation. Dropping the stream cancels it.
+    async fn chat(&self, request: ChatRequest) -> Result<EventStream, InferenceError>;
+}
+
+/// The real client: one Unix socket connection per request.
+#[derive(Debug, Clone)]
+pub struct WorkerClient {
+    socket: PathBuf,
+}
+
+impl WorkerClient {
+    pub fn new(socket: PathBuf) -> Self {
+        Self { socket }
+    }
+
+    async fn send(&self, request: &Request) -> Result<UnixStream, InferenceError> {
+        let unreachable = |e: &dyn std::fmt::Display| InferenceError::Unreachable(e.to_string());
+        let mut stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        write_frame(&mut stream, request)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        Ok(stream)
+    }
+}
+
+#[async_trait::async_trait]
+impl Inference for WorkerClient {
+    async fn status(&self) -> Result<Vec<ModelStatus>, InferenceError> {
+        let stream = self.send(&Request::Status).await?;
+        let mut reader = BufReader::new(stream);
+        match read_frame::<_, Event>(&mut reader).await {
+            Ok(Some(Event::Status { models })) => Ok(models),
+            Ok(other) => Err(InferenceError::Unreachable(format!(
+                "unexpected answer to a status request: {other:?}"
+            ))),
+            Err(e) => Err(InferenceError::Unreachable(e.to_string())),
+        }
+    }
+
+    async fn chat(&self, request: ChatRequest) -> Result<EventStream, InferenceError> {
+        let stream = self.send(&Request::Chat(request)).await?;
+        let reader = BufReader::new(stream);
+        // Reads frames until a terminal event; a connection that ends before one means the
+        // worker died mid-generation, which the caller sees as an error event.
+        let events = futures_util::stream::unfold(Some(reader), |reader| async move {
+            let mut reader = reader?;
+            let event = match read_frame::<_, Event>(&mut reader).await {
+                Ok(Some(event)) => event,
+                Ok(None) | Err(_) => Event::Error(WorkerError::new(
+                    ErrorKind::Internal,
+                    "the inference service stopped during the answer; please try again",
+                )),
+            };
+            let terminal = matches!(event, Event::Done { .. } | Event::Error(_));
+            Some((event, (!terminal).then_some(reader)))
+        });
+        Ok(Box::pin(events))
+    }
+}
+
+/// How to start the worker.
+#[derive(Debug, Clone)]
+pub struct WorkerCommand {
+    pub program: PathBuf,
+    pub socket: PathBuf,
+    pub models: Vec<(String, PathBuf)>,
+    pub max_context: Option<usize>,
+    pub queue_depth: usize,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// What the supervisor knows about the worker, for status pages and readiness.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerHealth {
+    pub running: bool,
+    pub pid: Option<u32>,
+    /// Times the worker died and was started again since hearthd started.
+    pub restarts: u64,
+    pub last_exit: Option<String>,
+}
+
+pub type SharedHealth = Arc<Mutex<WorkerHealth>>;
+
+fn update(health: &SharedHealth, f: impl FnOnce(&mut WorkerHealth)) {
+    f(&mut health.lock().unwrap_or_else(PoisonError::into_inner));
+}
+
+/// A worker that stays up this long is considered healthy again: the backoff resets.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// Runs the worker until `shutdown`, restarting it with exponential backoff when it exits.
+pub async fn supervise(
+    command: WorkerCommand,
+    health: SharedHealth,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = command.backoff_initial;
+    loop {
+        let mut cmd = Command::new(&command.program);
+        cmd.arg("--socket")
+            .arg(&command.socket)
+            .arg("--queue-depth")
+            .arg(command.queue_depth.to_string())
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        if let Some(max) = command.max_context {
+            cmd.arg("--max-context").arg(max.to_string());
+        }
+        for (id, path) in &command.models {
+            let mut arg = std::ffi::OsString::from(format!("{id}="));
+            arg.push(path);
+            cmd.arg("--model").arg(arg);
+        }
+        let started = Instant::now();
+        let exit = match cmd.spawn() {
+            Ok(mut child) => {
+                let pid = child.id();
+                log::info!(pid:? = pid; "inference worker started");
+                update(&health, |h| {
+                    h.running = true;
+                    h.pid = pid;
+                });
+                tokio::select! {
+                    status = child.wait() => match status {
+                        Ok(status) => status.to_string(),
+                        Err(e) => format!("could not wait for it: {e}"),
+                    },
+                    _ = shutdown.changed() => {
+                        stop_child(&mut child).await;
+                        update(&health, |h| { h.running = false; h.pid = None; });
+                        return;
+                    }
+                }
+            }
+            Err(e) => format!("could not start {}: {e}", command.program.display()),
+        };
+        if started.elapsed() >= STABLE_RUN {
+            backoff = command.backoff_initial;
+        }
+        log::error!(exit = exit, retry_in_ms = backoff.as_millis() as u64;
+                    "inference worker stopped; restarting");
+        update(&health, |h| {
+            h.running = false;
+            h.pid = None;
+            h.restarts += 1;
+            h.last_exit = Some(exit);
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(command.backoff_max);
+    }
+}
+
+/// SIGTERM, a grace period, then SIGKILL.
+async fn stop_child(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    if tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}

@@ -1,0 +1,69 @@
+//! `hearthd`'s entry point: reads argv and the config file, installs the logger and signal
+//! handlers, and hands over to [`hearthd::run`]. Only this file reads argv and environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use hearthd::Config;
+
+/// Hearth: an offline AI box. hearthd serves the web UI and the OpenAI-compatible API, and
+/// runs language models in a separate, supervised worker process.
+///
+/// Example (dev mode): hearthd --model ~/.cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf
+/// then open http://127.0.0.1:8080/
+#[derive(Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    /// TOML config file; command-line options override its values.
+    #[arg(long, short, env = "HEARTH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where state is kept (database, sockets). Default: ~/.local/share/hearth.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to serve HTTP on. Default: 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// A GGUF model file to serve; its id is the file name without extension. Repeatable.
+    #[arg(long = "model", value_name = "FILE")]
+    models: Vec<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    hearthd::logging::init();
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(dir) = cli.data_dir {
+        config.data_dir = dir;
+    }
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    config.models.extend(cli.models);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            let _ = stop.send(true);
+        });
+        hearthd::run(config, shutdown).await
+    })?;
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! The non-matmul arithmetic of a decoder layer, over plain `f32` slices, following ggml's
+//! CPU kernels closely enough to reproduce llama.cpp's greedy choices.
+use super::RopeStyle;
+
+/// RMS-normalises each `weight.len()`-wide row of `x` into `out`, then scales by `weight`.
+/// As ggml: the sum of squares in `f64`, `1/sqrt(mean + eps)` in `f32`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (row, out_row) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
+        #[allow(clippy::cast_possible_truncation)]
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for ((o, &v), &w) in out_row.iter_mut().zip(row).zip(weight) {
+            *o = (v * scale) * w;
+        }
+    }
+}
+
+/// `silu(gate) * up`, elementwise, into `gate`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Adds `bias` to each `bias.len()`-wide row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// Rounds to the nearest `f16` value (ties to even) and back, as storing into an f16 KV cache
+/// does. Overflow becomes infinity, as ggml's conversion does.
+pub fn round_to_f16(x: f32) -> f32 {
+    const MIN_NORMAL: f32 = 6.103_515_6e-5; // 2^-14
+    let bits = x.to_bits();
+    let sign = bits & 0x8000_0000;
+    let abs = f32::from_bits(bits & 0x7fff_ffff);
+    if !abs.is_finite() {
+        return x;
+    }
+    if abs >= 65_520.0 {
+        return f32::from_bits(sign | 0x7f80_0000);
+    }
+    if abs < MIN_NORMAL {
+        // Subnormal f16: a fixed quantum of 2^-24; scaling by a power of two is exact.
+        let q = (abs * 16_777_216.0).round_ties_even() / 16_777_216.0;
+        return f32::from_bits(sign | q.to_bits());
+    }
+    // Normal: keep 10 of the 23 mantissa bits, rounding to nearest even.
+    let b = bits & 0x7fff_ffff;
+    let lsb = (b >> 13) & 1;
+    let rounded = (b + 0x0fff + lsb) & !0x1fff;
+    f32::from_bits(sign | rounded)
+}
+
+/// cos/sin of the RoPE angles, one row of `n_rot / 2` pairs per position, grown on demand.
+#[derive(Debug)]
+pub struct RopeTable {
+    n_rot: usize,
+    theta_scale: f32,
+    freq_scale: f32,
+    /// Interleaved `cos, sin` per pair, `n_rot` values per position.
+    table: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(n_rot: usize, freq_base: f32, freq_scale: f32) -> Self {
+        #[allow(clippy::cast_precision_loss)]
+        let theta_scale = freq_base.powf(-2.0 / n_rot as f32);
+        Self {
+            n_rot,
+            theta_scale,
+            freq_scale,
+            table: Vec::new(),
+        }
+    }
+
+    fn positions(&self) -> usize {
+        self.table.len() / self.n_rot
+    }
+
+    /// Makes sure positions `0..len` are in the table.
+    pub fn ensure(&mut self, len: usize) {
+        let have = self.positions();
+        if len <= have {
+            return;
+        }
+        self.table.reserve((len - have) * self.n_rot);
+        for pos in have..len {
+            // As ggml_rope_cache_init: the angle starts at the position and is multiplied by
+            // theta_scale for each pair, all in f32.
+            #[allow(clippy::cast_precision_loss)]
+            let mut theta = pos as f32;
+            for _ in 0..self.n_rot / 2 {
+                let t = theta * self.freq_scale;
+                self.table.push(t.cos());
+                self.table.push(t.sin());
+                theta *= self.theta_scale;
+            }
+        }
+    }
+
+    /// Rotates `x`: `rows` rows at positions `start..start + rows`, each of `n_heads` heads
+    /// of `head_dim` values. Positions must be in the table.
+    pub fn apply(
+        &self,
+        x: &mut [f32],
+        start: usize,
+        n_heads: usize,
+        head_dim: usize,
+        style: RopeStyle,
+    ) {
+        let n_rot = self.n_rot;
+        let half = n_rot / 2;
+        for (i, row) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
+            let cs = &self.table[(start + i) * n_rot..(start + i + 1) * n_rot];
+            for head in row.chunks_exact_mut(head_dim) {
+                match style {
+                    RopeStyle::Interleaved => {
+                        for (pair, c) in head[..n_rot].chunks_exact_mut(2).zip(cs.chunks_exact(2)) {
+                            let (x0, x1) = (pair[0], pair[1]);
+                            pair[0] = x0 * c[0] - x1 * c[1];
+                            pair[1] = x0 * c[1] + x1 * c[0];
+                        }
+                    }
+                    RopeStyle::Neox => {
+                        let (lo, hi) = head[..n_rot].split_at_mut(half);
+                        for ((a, b), c) in lo.iter_mut().zip(hi.iter_mut()).zip(cs.chunks_exact(2))
+                        {
+                            let (x0, x1) = (*a, *b);
+                            *a = x0 * c[0] - x1 * c[1];
+                            *b = x0 * c[1] + x1 * c[0];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One layer's keys and values, one row of `kv_dim` values per position, stored rounded to f16.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl KvCache {
+    pub fn append(&mut self, k: &[f32], v: &[f32]) {
+        self.k.extend(k.iter().map(|&x| round_to_f16(x)));
+        self.v.extend(v.iter().map(|&x| round_to_f16(x)));
+    }
+
+    pub fn truncate(&mut self, len: usize, kv_dim: usize) {
+        self.k.truncate(len * kv_dim);
+        self.v.truncate(len * kv_dim);
+    }
+
+    pub fn clear(&mut self) {
+        self.k.clear();
+        self.v.clear();
+    }
+}
+
+/// Shape of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim: usize,
+}
+
+/// Causal grouped-query attention of `q` (`rows` × `n_head` × `head_dim`, positions
+/// `start..start + rows`) over the cache, into `out` (same shape as `q`). Splits the heads
+/// across threads when the work is large enough to pay for them.
+pub fn attention(q: &[f32], cache: &KvCache, start: usize, shape: AttnShape, out: &mut [f32]) {
+    let AttnShape {
+        n_head, head_dim, ..
+    } = shape;
+    let rows = q.len() / (n_head * head_dim);
+    let ctx = start + rows;
+    let work = rows * ctx * n_head * head_dim;
+    let threads = if work >= (1 << 20) {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(n_head))
+    } else {
+        1
+    };
+    if threads <= 1 {
+        let mut outs: Vec<&mut [f32]> = out.chunks_exact_mut(n_head * head_dim).collect();
+        attention_heads(q, cache, start, shape, 0..n_head, &mut outs);
+        return;
+    }
+    // Give each thread a contiguous range of heads; it writes those heads of every row.
+    let per = n_head.div_ceil(threads);
+    let mut per_thread: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
+    for row in out.chunks_exact_mut(n_head * head_dim) {
+        let mut rest = row;
+        for slot in per_thread.iter_mut() {
+            let take = (per * head_dim).min(rest.len());
+            let (mine, tail) = rest.split_at_mut(take);
+            slot.push(mine);
+            rest = tail;
+        }
+    }
+    std::thread::scope(|s| {
+        for (t, mut outs) in per_thread.into_iter().enumerate() {
+            let heads = (t * per).min(n_head)..((t + 1) * per).min(n_head);
+            if heads.is_empty() {
+                continue;
+            }
+            s.spawn(move || attention_heads(q, cache, start, shape, heads, &mut outs));
+        }
+    });
+}
+
+/// Attention for `heads` of every row; `outs` holds, per row, the output slice that starts
+/// at head `heads.start` (the whole row when that is 0).
+fn attention_heads(
+    q: &[f32],
+    cache: &KvCache,
+    start: usize,
+    shape: AttnShape,
+    heads: std::ops::Range<usize>,
+    outs: &mut [&mut [f32]],
+) {
+    let AttnShape {
+        n_head,
+        n_head_kv,
+        head_dim,
+    } = shape;
+    let kv_dim = n_head_kv * head_dim;
+    let group = n_head / n_head_kv;
+    #[allow(clippy::cast_precision_loss)]
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut scores = Vec::new();
+    let mut q16 = vec![0f32; head_dim];
+    for (i, out_row) in outs.iter_mut().enumerate() {
+        let ctx = start + i + 1;
+        let q_row = &q[i * n_head * head_dim..(i + 1) * n_head * head_dim];
+        for h in heads.clone() {
+            let local = h - heads.start;
+            let o = &mut out_row[local * head_dim..(local + 1) * head_dim];
+            let kvh = h / group;
+            // llama.cpp converts Q to the cache's f16 before the dot products.
+            for (d, &s) in q16.iter_mut().zip(&q_row[h * head_dim..(h + 1) * head_dim]) {
+                *d = round_to_f16(s);
+            }
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for j in 0..ctx {
+                let k = &cache.k[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
+                let s = dot(&q16, k) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0f64;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += f64::from(*s);
+            }
+            #[allow(clippy::cast_possible_truncation)]
+            let inv = (1.0 / sum) as f32;
+            o.fill(0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                let v = &cache.v[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
+                for (acc, &vv) in o.iter_mut().zip(v) {
+                    *acc += p * vv;
+                }
+            }
+            for acc in o.iter_mut() {
+                *acc *= inv;
+            }
+        }
+    }
+}
+
+/// Dot product with eight independent accumulators (vectorises in release builds).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_rounding() {
+        let cases: &[(f32, f32)] = &[
+            (0.0, 0.0),
+            (1.0, 1.0),
+            (-2.5, -2.5),
+            (65504.0, 65504.0),
+            (65520.0, f32::INFINITY),
+            (1.0 + 1.0 / 4096.0, 1.0), // below half an ulp (2^-10)
+            (1.0 + 1.0 / 2048.0, 1.0), // exactly half: ties to even
+            (1.0 + 3.0 / 2048.0, 1.0 + 2.0 / 1024.0), // half: ties to even (up)
+            (5.960_464_5e-8, 5.960_464_5e-8), // smallest subnormal
+            (2.0e-8, 0.0),
+            (0.1, 0.099_975_586),
+        ];
+        for &(x, want) in cases {
+            assert_eq!(round_to_f16(x), want, "round_to_f16({x})");
+        }
+        assert!(round_to_f16(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn rope_styles_rotate_the_right_pairs() {
+        let mut t = RopeTable::new(4, 10_000.0, 1.0);
+        t.ensure(2);
+        let x0 = [1.0f32, 2.0, 3.0, 4.0];
+        let mut a = x0;
+        t.apply(&mut a, 0, 1, 4, RopeStyle::Interleaved);
+        assert_eq!(a, x0, "position 0 is the identity");
+        let mut a = x0;
+        t.apply(&mut a, 1, 1, 4, RopeStyle::Interleaved);
+        let (c, s) = (1f32.cos(), 1f32.sin());
+        assert!((a[0] - (1.0 * c - 2.0 * s)).abs() < 1e-6);
+        assert!((a[1] - (1.0 * s + 2.0 * c)).abs() < 1e-6);
+        let mut b = x0;
+        t.apply(&mut b, 1, 1, 4, RopeStyle::Neox);
+        assert!((b[0] - (1.0 * c - 3.0 * s)).abs() < 1e-6);
+        assert!((b[2] - (1.0 * s + 3.0 * c)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_threads_agree_with_one() {
+        let shape = AttnShape {
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 8,
+        };
+        let kv_dim = 16;
+        let rows = 40;
+        let ctx = 1500;
+        let mut cache = KvCache::default();
+        #[allow(clippy::cast_precision_loss)]
+        let f = |i: usize| ((i * 7919 % 1000) as f32 / 500.0) - 1.0;
+        let k: Vec<f32> = (0..ctx * kv_dim).map(f).collect();
+        let v: Vec<f32> = (0..ctx * kv_dim).map(|i| f(i + 3)).collect();
+        cache.append(&k, &v);
+        let q: Vec<f32> = (0..rows * 32).map(|i| f(i + 11)).collect();
+        let start = ctx - rows;
+        let mut big = vec![0f32; rows * 32];
+        attention(&q, &cache, start, shape, &mut big);
+        let mut single = vec![0f32; rows * 32];
+        let mut outs: Vec<&mut [f32]> = single.chunks_exact_mut(32).collect();
+        attention_heads(&q, &cache, start, shape, 0..4, &mut outs);
+        drop(outs);
+        assert_eq!(big, single);
+    }
+}

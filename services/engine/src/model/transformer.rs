@@ -1,0 +1,278 @@
+//! The llama/qwen2 decoder: pre-norm attention and SwiGLU feed-forward blocks.
+use std::sync::Arc;
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use super::ops::{self, AttnShape, KvCache, RopeTable};
+use super::{Forward, HParams};
+use crate::gguf::{GgufModelFile, TensorReader};
+use crate::{EngineConfig, EngineError, Result};
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    wo: QMatMul,
+    ffn_norm: Vec<f32>,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+/// A loaded decoder with its KV cache.
+pub struct Transformer {
+    hp: HParams,
+    vocab: usize,
+    /// Token embeddings, kept quantized; also the output projection when tied.
+    embeddings: Arc<QTensor>,
+    layers: Vec<Layer>,
+    output_norm: Vec<f32>,
+    output: QMatMul,
+    rope: RopeTable,
+    cache: Vec<KvCache>,
+    /// Positions in the cache.
+    cached: usize,
+    /// Most positions a sequence may reach (the model's context, capped by the config).
+    max_positions: usize,
+}
+
+/// Loads tensors and checks their shapes against the hyperparameters.
+struct Loader<'a> {
+    file: &'a GgufModelFile,
+    reader: TensorReader<'a>,
+}
+
+impl Loader<'_> {
+    fn shape_error(&self, name: &str, want: &[usize], got: &[usize]) -> EngineError {
+        EngineError::InvalidGguf {
+            path: self.file.path.clone(),
+            reason: format!("tensor '{name}' has shape {got:?}, expected {want:?}"),
+        }
+    }
+
+    fn qtensor(&mut self, name: &str, want: &[usize]) -> Result<QTensor> {
+        let t = self.reader.load(name)?;
+        if t.shape().dims() != want {
+            return Err(self.shape_error(name, want, t.shape().dims()));
+        }
+        Ok(t)
+    }
+
+    fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatMul> {
+        Ok(QMatMul::from_qtensor(self.qtensor(name, &[rows, cols])?)?)
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let t = self.qtensor(name, &[len])?;
+        Ok(t.dequantize(&Device::Cpu)?.to_vec1::<f32>()?)
+    }
+}
+
+impl Transformer {
+    pub fn load(file: &GgufModelFile, hp: HParams, config: &EngineConfig) -> Result<Self> {
+        let mut l = Loader {
+            file,
+            reader: file.tensor_reader()?,
+        };
+        let n_embd = hp.n_embd;
+        let q_dim = hp.n_head * hp.head_dim;
+        let kv_dim = hp.n_head_kv * hp.head_dim;
+
+        let embeddings = l.reader.load("token_embd.weight")?;
+        let vocab = match embeddings.shape().dims() {
+            &[v, e] if e == n_embd && v > 0 => v,
+            got => return Err(l.shape_error("token_embd.weight", &[0, n_embd], got)),
+        };
+        let embeddings = Arc::new(embeddings);
+        let output = if file.has_tensor("output.weight") {
+            l.matmul("output.weight", vocab, n_embd)?
+        } else {
+            QMatMul::from_arc(embeddings.clone())?
+        };
+        let output_norm = l.vector("output_norm.weight", n_embd)?;
+
+        let mut layers = Vec::with_capacity(hp.n_layer);
+        for i in 0..hp.n_layer {
+            let name = |s: &str| format!("blk.{i}.{s}");
+            let bias = |l: &mut Loader, s: &str, len| -> Result<Option<Vec<f32>>> {
+                if hp.qkv_bias {
+                    l.vector(&name(s), len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                attn_norm: l.vector(&name("attn_norm.weight"), n_embd)?,
+                wq: l.matmul(&name("attn_q.weight"), q_dim, n_embd)?,
+                wk: l.matmul(&name("attn_k.weight"), kv_dim, n_embd)?,
+                wv: l.matmul(&name("attn_v.weight"), kv_dim, n_embd)?,
+                bq: bias(&mut l, "attn_q.bias", q_dim)?,
+                bk: bias(&mut l, "attn_k.bias", kv_dim)?,
+                bv: bias(&mut l, "attn_v.bias", kv_dim)?,
+                wo: l.matmul(&name("attn_output.weight"), n_embd, q_dim)?,
+                ffn_norm: l.vector(&name("ffn_norm.weight"), n_embd)?,
+                gate: l.matmul(&name("ffn_gate.weight"), hp.n_ff, n_embd)?,
+                up: l.matmul(&name("ffn_up.weight"), hp.n_ff, n_embd)?,
+                down: l.matmul(&name("ffn_down.weight"), n_embd, hp.n_ff)?,
+            });
+        }
+        let max_positions = config
+            .max_context
+            .map_or(hp.context_length, |cap| cap.min(hp.context_length));
+        log::debug!(
+            "loaded {} model: {} layers, {} embd, {} heads ({} kv), vocab {vocab}, context {}",
+            hp.architecture,
+            hp.n_layer,
+            hp.n_embd,
+            hp.n_head,
+            hp.n_head_kv,
+            hp.context_length
+        );
+        Ok(Self {
+            rope: RopeTable::new(hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale),
+            cache: (0..hp.n_layer).map(|_| KvCache::default()).collect(),
+            cached: 0,
+            max_positions,
+            vocab,
+            embeddings,
+            layers,
+            output_norm,
+            output,
+            hp,
+        })
+    }
+
+    fn check_request(&self, tokens: &[u32], start_pos: usize) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "forward needs at least one token".into(),
+            ));
+        }
+        if start_pos > self.cached {
+            return Err(EngineError::InvalidRequest(format!(
+                "forward at position {start_pos}, but only {} positions are cached",
+                self.cached
+            )));
+        }
+        if start_pos + tokens.len() > self.max_positions {
+            return Err(EngineError::ContextLength {
+                prompt_tokens: start_pos + tokens.len(),
+                max_tokens: 0,
+                context_length: self.max_positions,
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `x` (`rows` × `w`'s input width) times `w`ᵀ, as a flat row-major `Vec`.
+fn matmul(w: &QMatMul, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+    let k = x.len() / rows;
+    let x = Tensor::from_slice(x, (rows, k), &Device::Cpu)?;
+    Ok(w.forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl Transformer {
+    /// Drops every cached position from `len` on.
+    fn truncate_cache(&mut self, len: usize) {
+        let kv_dim = self.hp.n_head_kv * self.hp.head_dim;
+        for c in &mut self.cache {
+            c.truncate(len, kv_dim);
+        }
+        self.cached = self.cached.min(len);
+    }
+
+    fn run(&mut self, tokens: &[u32], start_pos: usize) -> Result<Vec<f32>> {
+        let hp = &self.hp;
+        let rows = tokens.len();
+        self.rope.ensure(start_pos + rows);
+        let ids = Tensor::from_slice(tokens, rows, &Device::Cpu)?;
+        let mut hidden = self
+            .embeddings
+            .embedding(&ids)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let shape = AttnShape {
+            n_head: hp.n_head,
+            n_head_kv: hp.n_head_kv,
+            head_dim: hp.head_dim,
+        };
+        let mut normed = vec![0f32; hidden.len()];
+        let mut attn = vec![0f32; rows * hp.n_head * hp.head_dim];
+        for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
+            ops::rms_norm(&hidden, &layer.attn_norm, hp.rms_eps, &mut normed);
+            let mut q = matmul(&layer.wq, &normed, rows)?;
+            let mut k = matmul(&layer.wk, &normed, rows)?;
+            let mut v = matmul(&layer.wv, &normed, rows)?;
+            for (x, b) in [
+                (&mut q, &layer.bq),
+                (&mut k, &layer.bk),
+                (&mut v, &layer.bv),
+            ] {
+                if let Some(b) = b {
+                    ops::add_bias(x, b);
+                }
+            }
+            self.rope
+                .apply(&mut q, start_pos, hp.n_head, hp.head_dim, hp.rope_style);
+            self.rope
+                .apply(&mut k, start_pos, hp.n_head_kv, hp.head_dim, hp.rope_style);
+            cache.append(&k, &v);
+            ops::attention(&q, cache, start_pos, shape, &mut attn);
+            let o = matmul(&layer.wo, &attn, rows)?;
+            for (h, o) in hidden.iter_mut().zip(&o) {
+                *h += o;
+            }
+
+            ops::rms_norm(&hidden, &layer.ffn_norm, hp.rms_eps, &mut normed);
+            let mut gate = matmul(&layer.gate, &normed, rows)?;
+            let up = matmul(&layer.up, &normed, rows)?;
+            ops::swiglu(&mut gate, &up);
+            let down = matmul(&layer.down, &gate, rows)?;
+            for (h, d) in hidden.iter_mut().zip(&down) {
+                *h += d;
+            }
+        }
+        self.cached = start_pos + rows;
+        let last = &hidden[(rows - 1) * hp.n_embd..];
+        let mut last_normed = vec![0f32; hp.n_embd];
+        ops::rms_norm(last, &self.output_norm, hp.rms_eps, &mut last_normed);
+        matmul(&self.output, &last_normed, 1)
+    }
+}
+
+impl Forward for Transformer {
+    fn forward(&mut self, tokens: &[u32], start_pos: usize) -> Result<Vec<f32>> {
+        self.check_request(tokens, start_pos)?;
+        // Re-running from an earlier position drops what was cached after it.
+        self.truncate_cache(start_pos);
+        let result = self.run(tokens, start_pos);
+        if result.is_err() {
+            // Layers that already appended this call's keys must not keep them.
+            self.truncate_cache(start_pos);
+        }
+        result
+    }
+
+    fn reset(&mut self) {
+        for c in &mut self.cache {
+            c.clear();
+        }
+        self.cached = 0;
+    }
+
+    fn context_length(&self) -> usize {
+        self.hp.context_length
+    }
+}

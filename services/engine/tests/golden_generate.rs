@@ -1,0 +1,275 @@
+//! Greedy generation against llama.cpp's golden outputs (`shared/fixtures/golden/`).
+//!
+//! For each fixture whose model is present (under `$HEARTH_MODEL_DIR` or
+//! `~/.cache/hearth/models/`, with the recorded sha256), every case's `prompt_tokens` is fed
+//! through `model::load`'s forward pass and decoded greedily, then compared as the fixture
+//! README's "How a test should compare" says (lenient variant): steps 0-15 equal except that a
+//! step in `near_tie_steps` may flip to a near-tie; after that, the first divergence must be a
+//! near-tie (in llama.cpp's top-5, within 0.02 of its top-1 prob). Before any divergence the
+//! engine's top-1 probability must be within 0.02 of llama.cpp's.
+//!
+//! A missing or different model file skips (prints why) unless `HEARTH_REQUIRE_MODELS=1`.
+//! Run it in release: `cargo test --release -p hearth-engine --test golden_generate`.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use hearth_engine::EngineConfig;
+use hearth_engine::gguf::GgufModelFile;
+use hearth_engine::model;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// Steps that must match exactly (unless listed as near-ties).
+const STRICT_STEPS: usize = 16;
+/// How far below llama.cpp's top-1 probability a flipped token's probability may be.
+const NEAR_TIE: f64 = 0.02;
+/// How far the engine's top-1 probability may be from llama.cpp's.
+const PROB_TOLERANCE: f64 = 0.02;
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/golden")
+}
+
+fn model_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("HEARTH_MODEL_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cache/hearth/models"));
+    }
+    dirs
+}
+
+fn require_models() -> bool {
+    std::env::var("HEARTH_REQUIRE_MODELS").is_ok_and(|v| v == "1")
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// The model file for `fixture`, or why it cannot be used.
+fn find_model(fixture: &Value) -> Result<std::result::Result<PathBuf, String>> {
+    let name = fixture["model"].as_str().context("fixture has no model")?;
+    let want = fixture["sha256"]
+        .as_str()
+        .context("fixture has no sha256")?;
+    let mut why = Vec::new();
+    for dir in model_dirs() {
+        let path = dir.join(name);
+        if !path.is_file() {
+            why.push(format!("{} not found", path.display()));
+            continue;
+        }
+        let got = sha256_file(&path)?;
+        if got == want {
+            return Ok(Ok(path));
+        }
+        why.push(format!(
+            "{} has sha256 {got}, fixture wants {want}",
+            path.display()
+        ));
+    }
+    Ok(Err(why.join("; ")))
+}
+
+fn softmax_top1(logits: &[f32]) -> (u32, f64) {
+    let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if l > max {
+            best = i;
+            max = l;
+        }
+    }
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    (u32::try_from(best).unwrap(), 1.0 / sum)
+}
+
+/// Outcome of one case.
+struct CaseResult {
+    /// Steps that produced llama.cpp's token.
+    matched: usize,
+    steps: usize,
+    note: String,
+    max_prob_diff: f64,
+}
+
+fn ids(v: &Value) -> Result<Vec<u32>> {
+    v.as_array()
+        .context("expected an array of ids")?
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|x| u32::try_from(x).ok())
+                .context("bad id")
+        })
+        .collect()
+}
+
+/// `top[step]` as (id, prob) pairs.
+fn top_at(case: &Value, step: usize) -> Result<Vec<(u32, f64)>> {
+    case["top"][step]
+        .as_array()
+        .context("missing top entry")?
+        .iter()
+        .map(|pair| {
+            let id = pair[0].as_u64().context("top id")?;
+            let p = pair[1].as_f64().context("top prob")?;
+            Ok((u32::try_from(id)?, p))
+        })
+        .collect()
+}
+
+fn run_case(forward: &mut dyn model::Forward, case: &Value, eog: &[u32]) -> Result<CaseResult> {
+    let prompt = ids(&case["prompt_tokens"])?;
+    let golden = ids(&case["greedy_tokens"])?;
+    let near_ties: Vec<usize> = case["near_tie_steps"]
+        .as_array()
+        .context("near_tie_steps")?
+        .iter()
+        .filter_map(|v| v.as_u64().and_then(|v| usize::try_from(v).ok()))
+        .collect();
+    forward.reset();
+    let mut logits = forward.forward(&prompt, 0)?;
+    let mut pos = prompt.len();
+    let mut max_prob_diff = 0f64;
+    for (step, &want) in golden.iter().enumerate() {
+        let (got, prob) = softmax_top1(&logits);
+        let top = top_at(case, step)?;
+        if got != want {
+            let top1 = top[0].1;
+            let in_top = top.iter().find(|(id, _)| *id == got);
+            let near_tie = matches!(in_top, Some(&(_, p)) if p >= top1 - NEAR_TIE);
+            let allowed = step >= STRICT_STEPS || near_ties.contains(&step);
+            let got_p = in_top.map_or("not in top-5".to_owned(), |(_, p)| format!("{p}"));
+            if !(allowed && near_tie) {
+                bail!(
+                    "step {step}: engine picked {got} (llama.cpp prob {got_p}, engine prob {prob:.6}), \
+                     llama.cpp picked {want} (prob {top1}); near-tie: {near_tie}, \
+                     step allows a flip: {allowed}"
+                );
+            }
+            return Ok(CaseResult {
+                matched: step,
+                steps: golden.len(),
+                note: format!(
+                    "near-tie flip at step {step}: {got} (llama.cpp {got_p}) for {want} ({top1})"
+                ),
+                max_prob_diff,
+            });
+        }
+        let diff = (prob - top[0].1).abs();
+        max_prob_diff = max_prob_diff.max(diff);
+        ensure!(
+            diff <= PROB_TOLERANCE,
+            "step {step}: token {got} has prob {prob:.6} here, {} in llama.cpp",
+            top[0].1
+        );
+        if eog.contains(&got) {
+            ensure!(
+                step + 1 == golden.len(),
+                "step {step}: end-of-generation token {got} before the end"
+            );
+            break;
+        }
+        if step + 1 < golden.len() {
+            logits = forward.forward(&[got], pos)?;
+            pos += 1;
+        }
+    }
+    Ok(CaseResult {
+        matched: golden.len(),
+        steps: golden.len(),
+        note: "all steps match".into(),
+        max_prob_diff,
+    })
+}
+
+fn check_fixture(file_name: &str) -> Result<()> {
+    let path = fixtures_dir().join(file_name);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let fixture: Value = serde_json::from_str(&text)?;
+    let model_path = match find_model(&fixture)? {
+        Ok(p) => p,
+        Err(why) => {
+            let msg = format!(
+                "skipped {file_name}: {why}. Run ../shared/scripts/fetch-models (or set HEARTH_MODEL_DIR)"
+            );
+            if require_models() {
+                bail!("{msg} (HEARTH_REQUIRE_MODELS=1)");
+            }
+            eprintln!("{msg}");
+            return Ok(());
+        }
+    };
+    let eog = ids(&fixture["eog_ids"])?;
+    let t = Instant::now();
+    let file = GgufModelFile::open(&model_path)?;
+    let mut forward = model::load(&file, &EngineConfig::default())?;
+    eprintln!(
+        "{file_name}: loaded {} in {:.2?}",
+        model_path.display(),
+        t.elapsed()
+    );
+    let mut failures = Vec::new();
+    for case in fixture["cases"].as_array().context("cases")? {
+        let id = case["id"].as_str().unwrap_or("?");
+        let t = Instant::now();
+        match run_case(forward.as_mut(), case, &eog) {
+            Ok(r) => eprintln!(
+                "  {id}: {}/{} steps matched, max top-1 prob diff {:.4} ({}) [{:.2?}]",
+                r.matched,
+                r.steps,
+                r.max_prob_diff,
+                r.note,
+                t.elapsed()
+            ),
+            Err(e) => {
+                eprintln!("  {id}: FAILED: {e:#}");
+                failures.push(format!("{id}: {e:#}"));
+            }
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "{file_name}: {} case(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// The models run one at a time: each uses every core.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn golden_smollm2_135m() -> Result<()> {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    check_fixture("smollm2-135m.json")
+}
+
+#[test]
+fn golden_qwen2_5_coder_0_5b() -> Result<()> {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    check_fixture("qwen2.5-coder-0.5b.json")
+}
