@@ -161,9 +161,7 @@ fn describe(e: &Error) -> String {
         return "the template ran too long (out of fuel)".to_owned();
     }
     let mut text = e.to_string();
-    if let Some(detail) = e.detail()
-        && !text.contains(detail)
-    {
+    if let Some(detail) = e.detail().filter(|d| !text.contains(d)) {
         text = format!("{text}: {detail}");
     }
     // Errors inside includes and macros carry the real cause as their source.
