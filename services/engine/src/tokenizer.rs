@@ -1,8 +1,10 @@
 //! Tokenizer built from GGUF metadata, reproducing llama.cpp's `llama-vocab.cpp`.
 //!
-//! The vocabulary, merges and token types in the GGUF become a real [`tokenizers::Tokenizer`]
-//! (no `tokenizer.json` on disk): a byte-level BPE model, a pre-tokenizer made of the regexes
-//! llama.cpp picks for `tokenizer.ggml.pre`, and every special token as an [`AddedToken`].
+//! The vocabulary, merges/scores and token types in the GGUF become a real
+//! [`tokenizers::Tokenizer`] (no `tokenizer.json` on disk): a BPE model, the pre-tokenizer
+//! regexes llama.cpp picks for `tokenizer.ggml.pre` (or SentencePiece's space handling), and
+//! every special token as an [`AddedToken`]. Checked against llama.cpp by
+//! `tests/golden_tokenize.rs` (SmolLM2, Qwen2.5, Gemma 3).
 //!
 //! Special tokens follow llama.cpp's rules, which decide what a prompt becomes:
 //! - control and unknown tokens are matched in the text only when `parse_special` is on, so a
@@ -11,9 +13,15 @@
 //! - tokens whose text llama.cpp treats as end-of-turn/end-of-generation/FIM markers are
 //!   promoted to control tokens even when the GGUF calls them normal.
 //!
-//! Current limits: only `tokenizer.ggml.model = "gpt2"` (byte-level BPE). SentencePiece-style
-//! vocabularies (`"llama"`: Llama 2, Gemma) are refused with an error. Special tokens are
-//! found leftmost-longest (Hugging Face's rule) where llama.cpp splits longest-token-first; the
+//! Two vocabulary families are supported:
+//! - `tokenizer.ggml.model = "gpt2"`: byte-level BPE with merge ranks (Qwen, SmolLM, Llama 3);
+//! - `"llama"`: SentencePiece-style BPE driven by token scores (Llama 2, Gemma). llama.cpp merges
+//!   the adjacent pair whose concatenation is the best-scoring token; here every split of every
+//!   token into two tokens becomes a merge, ranked by the merged token's score, with byte
+//!   fallback to `<0xXX>` tokens. Spaces become `▁`.
+//!
+//! Current limits: other vocabulary types (WordPiece, Unigram, RWKV) and unknown `pre` types are
+//! refused. Special tokens are found leftmost-longest (Hugging Face's rule) where llama.cpp splits longest-token-first; the
 //! two differ only when special tokens overlap inside the text. The per-token `lstrip`/`rstrip`
 //! attributes llama.cpp sets for a few model names (phi-3, jina) are not applied.
 
@@ -21,7 +29,9 @@ use std::collections::{HashMap, HashSet};
 
 use candle_core::quantized::gguf_file::Value;
 use tokenizers::models::bpe::{BPE, Merges, Vocab};
-use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::normalizers::{
+    NormalizerWrapper, Prepend, Replace, Sequence as NormalizerSequence,
+};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -144,6 +154,7 @@ const EOG_TEXTS: &[&str] = &[
 
 /// The tokenizer of one model: text to ids and ids to output bytes, as llama.cpp does it.
 pub struct GgufTokenizer {
+    kind: VocabKind,
     /// Model, pre-tokenizer, decoder, and every special token as an [`AddedToken`].
     inner: Tokenizer,
     /// Only the user-defined tokens: what is matched when `parse_special` is off.
@@ -178,7 +189,12 @@ impl std::fmt::Debug for GgufTokenizer {
 enum VocabKind {
     /// `gpt2`: byte-level BPE with merge ranks.
     BytePairs,
+    /// `llama`: SentencePiece BPE with token scores, `▁` for spaces, `<0xXX>` byte tokens.
+    SentencePiece,
 }
+
+/// SentencePiece's visible space.
+const SPM_SPACE: &str = "\u{2581}";
 
 /// What `tokenizer.ggml.pre` selects for a BPE vocabulary.
 struct PreTokenizerChoice {
@@ -238,136 +254,59 @@ impl GgufTokenizer {
         })?;
         let kind = match model {
             "gpt2" => VocabKind::BytePairs,
-            "llama" => {
-                return Err(EngineError::Tokenizer(
-                    "SentencePiece vocabularies (tokenizer.ggml.model = llama) are not supported yet"
-                        .to_owned(),
-                ));
-            }
+            "llama" => VocabKind::SentencePiece,
             other => {
                 return Err(EngineError::Tokenizer(format!(
                     "tokenizer.ggml.model '{other}' is not supported"
                 )));
             }
         };
-        let pre = meta.string("tokenizer.ggml.pre")?.unwrap_or("");
-        let choice = pre_tokenizer_for(pre)?;
+        // Only BPE vocabularies have pre-tokenizers; llama.cpp ignores the key otherwise.
+        let choice = match kind {
+            VocabKind::BytePairs => Some(pre_tokenizer_for(
+                meta.string("tokenizer.ggml.pre")?.unwrap_or(""),
+            )?),
+            VocabKind::SentencePiece => None,
+        };
 
         let texts = read_token_texts(&meta)?;
         let n_tokens = texts.len();
         let mut attrs = read_token_attrs(&meta, n_tokens)?;
 
-        // Special ids: llama.cpp's defaults for the vocabulary kind, overridden by metadata.
-        let in_range = |id: u32| (id as usize) < n_tokens;
-        let (default_bos, default_eos) = match kind {
-            VocabKind::BytePairs => (Some(11), Some(11)),
-        };
-        let special = |key: &str, default: Option<u32>| -> Result<Option<u32>> {
-            let default = default.filter(|&id| in_range(id));
-            Ok(match meta.uint(key)? {
-                Some(id) if in_range(id) => Some(id),
-                Some(id) => {
-                    log::warn!(key = key, id = id; "special token id out of vocabulary range, ignored");
-                    default
-                }
-                None => default,
-            })
-        };
-        let bos = special("tokenizer.ggml.bos_token_id", default_bos)?;
-        let eos = special("tokenizer.ggml.eos_token_id", default_eos)?;
-        let mut eot = special("tokenizer.ggml.eot_token_id", None)?;
-        let mut eom = special("tokenizer.ggml.eom_token_id", None)?;
-        let fim_pre = special("tokenizer.ggml.prefix_token_id", None)?;
-        let fim_suf = special("tokenizer.ggml.suffix_token_id", None)?;
-        let fim_mid = special("tokenizer.ggml.middle_token_id", None)?;
-        let mut fim_pre = special("tokenizer.ggml.fim_pre_token_id", fim_pre)?;
-        let mut fim_suf = special("tokenizer.ggml.fim_suf_token_id", fim_suf)?;
-        let mut fim_mid = special("tokenizer.ggml.fim_mid_token_id", fim_mid)?;
-        let mut fim_pad = special("tokenizer.ggml.fim_pad_token_id", None)?;
-        let mut fim_rep = special("tokenizer.ggml.fim_rep_token_id", None)?;
-        let mut fim_sep = special("tokenizer.ggml.fim_sep_token_id", None)?;
-
+        let SpecialIds { bos, eos, eog } = special_ids(&meta, kind, &texts, &mut attrs)?;
+        let default_add_bos = choice.as_ref().is_none_or(|c| c.add_bos);
         let add_bos = meta
             .bool("tokenizer.ggml.add_bos_token")?
-            .unwrap_or(choice.add_bos);
+            .unwrap_or(default_add_bos);
         if add_bos && bos.is_none() {
             return Err(EngineError::Tokenizer(
                 "tokenizer.ggml.add_bos_token is true but there is no BOS token".to_owned(),
             ));
         }
 
-        // Find end-of-turn and FIM tokens by their text and make them control tokens.
-        for (id, text) in texts.iter().enumerate() {
-            let id = id as u32;
-            let text = text.as_str();
-            for (slot, list) in [
-                (&mut eot, EOT_TEXTS),
-                (&mut eom, &["<|eom_id|>"][..]),
-                (&mut fim_pre, FIM_PRE_TEXTS),
-                (&mut fim_suf, FIM_SUF_TEXTS),
-                (&mut fim_mid, FIM_MID_TEXTS),
-                (&mut fim_pad, FIM_PAD_TEXTS),
-                (&mut fim_rep, FIM_REP_TEXTS),
-                (&mut fim_sep, FIM_SEP_TEXTS),
-            ] {
-                if slot.is_none() && list.contains(&text) {
-                    *slot = Some(id);
-                    attrs[id as usize] |= ATTR_CONTROL;
-                }
+        let mut inner = match &choice {
+            Some(choice) => build_byte_level_tokenizer(&meta, &texts, choice)?,
+            None => {
+                let add_space_prefix = meta
+                    .bool("tokenizer.ggml.add_space_prefix")?
+                    .unwrap_or(true);
+                build_sentencepiece_tokenizer(&meta, &texts, add_space_prefix)?
             }
-        }
-
-        // The end-of-generation set, as llama.cpp builds it.
-        let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
-        for (id, text) in texts.iter().enumerate() {
-            if EOG_TEXTS.contains(&text.as_str()) {
-                eog.insert(id as u32);
-                attrs[id] |= ATTR_CONTROL;
-            }
-            // gpt-oss: these always render.
-            if matches!(
-                text.as_str(),
-                "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
-            ) {
-                attrs[id] = ATTR_USER_DEFINED;
-            }
-        }
-        eog.extend([eos, eot, eom].into_iter().flatten());
-        let eog_with_text = |eog: &HashSet<u32>, wanted: &[&str]| {
-            eog.iter()
-                .copied()
-                .find(|&id| wanted.contains(&texts[id as usize].as_str()))
         };
-        // o200k_harmony and solar-open: "<|end|>" is not the end of generation there.
-        let has = |eog: &HashSet<u32>, wanted: &[&str]| eog_with_text(eog, wanted).is_some();
-        if let Some(end) = eog_with_text(&eog, &["<|end|>"]) {
-            let has_call = has(&eog, &["<|call|>", "<|calls|>"]);
-            if has_call && (has(&eog, &["<|return|>"]) || has(&eog, &["<|flush|>"])) {
-                eog.remove(&end);
-                attrs[end as usize] = ATTR_USER_DEFINED;
-            }
-        }
-        // gemma4 and paddleocr: "</s>" is ordinary text there.
-        if has(&eog, &["<|tool_response>"]) {
-            if let Some(s) = eog_with_text(&eog, &["</s>"]) {
-                eog.remove(&s);
-                attrs[s as usize] = ATTR_NORMAL;
-            }
-        }
-        let mut eog: Vec<u32> = eog.into_iter().collect();
-        eog.sort_unstable();
-
-        let inner = build_bpe_tokenizer(&meta, &texts, &attrs, &choice)?;
+        inner
+            .add_tokens(added_tokens(&texts, &attrs, true))
+            .map_err(tok_err)?;
         let mut user_defined = AddedVocabulary::new();
         user_defined
             .add_tokens(
-                added_tokens(&texts, &attrs, ATTR_USER_DEFINED),
+                added_tokens(&texts, &attrs, false),
                 inner.get_model(),
                 None::<&NormalizerWrapper>,
             )
             .map_err(tok_err)?;
 
         let mut this = Self {
+            kind,
             inner,
             user_defined,
             texts,
@@ -403,7 +342,7 @@ impl GgufTokenizer {
             &self.user_defined
         };
         let mut pieces: PreTokenizedString =
-            added.extract_and_normalize(None::<&NormalizerWrapper>, text);
+            added.extract_and_normalize(self.inner.get_normalizer(), text);
         if let Some(pre) = self.inner.get_pre_tokenizer() {
             pre.pre_tokenize(&mut pieces).map_err(tok_err)?;
         }
@@ -481,7 +420,10 @@ impl GgufTokenizer {
             return text.as_bytes().to_vec();
         }
         if attr & ATTR_NORMAL != 0 {
-            return byte_level_decode(text);
+            return match self.kind {
+                VocabKind::BytePairs => byte_level_decode(text),
+                VocabKind::SentencePiece => text.replace(SPM_SPACE, " ").into_bytes(),
+            };
         }
         if attr & ATTR_BYTE != 0 {
             return parse_byte_token(text).map(|b| vec![b]).unwrap_or_default();
@@ -496,6 +438,118 @@ impl GgufTokenizer {
 
 fn tok_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Tokenizer(e.to_string())
+}
+
+/// Special ids and the end-of-generation set.
+struct SpecialIds {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    /// Sorted.
+    eog: Vec<u32>,
+}
+
+/// Special ids as llama.cpp's `llama_vocab::load` derives them: defaults for the vocabulary
+/// kind, overridden by metadata; end-of-turn, FIM and end-of-generation tokens found by their
+/// text are promoted to control tokens in `attrs`.
+fn special_ids(
+    meta: &Meta<'_>,
+    kind: VocabKind,
+    texts: &[String],
+    attrs: &mut [u8],
+) -> Result<SpecialIds> {
+    let n_tokens = texts.len();
+    // Special ids: llama.cpp's defaults for the vocabulary kind, overridden by metadata.
+    let in_range = |id: u32| (id as usize) < n_tokens;
+    let (default_bos, default_eos) = match kind {
+        VocabKind::BytePairs => (Some(11), Some(11)),
+        VocabKind::SentencePiece => (Some(1), Some(2)),
+    };
+    let special = |key: &str, default: Option<u32>| -> Result<Option<u32>> {
+        let default = default.filter(|&id| in_range(id));
+        Ok(match meta.uint(key)? {
+            Some(id) if in_range(id) => Some(id),
+            Some(id) => {
+                log::warn!(key = key, id = id; "special token id out of vocabulary range, ignored");
+                default
+            }
+            None => default,
+        })
+    };
+    let bos = special("tokenizer.ggml.bos_token_id", default_bos)?;
+    let eos = special("tokenizer.ggml.eos_token_id", default_eos)?;
+    let mut eot = special("tokenizer.ggml.eot_token_id", None)?;
+    let mut eom = special("tokenizer.ggml.eom_token_id", None)?;
+    let fim_pre = special("tokenizer.ggml.prefix_token_id", None)?;
+    let fim_suf = special("tokenizer.ggml.suffix_token_id", None)?;
+    let fim_mid = special("tokenizer.ggml.middle_token_id", None)?;
+    let mut fim_pre = special("tokenizer.ggml.fim_pre_token_id", fim_pre)?;
+    let mut fim_suf = special("tokenizer.ggml.fim_suf_token_id", fim_suf)?;
+    let mut fim_mid = special("tokenizer.ggml.fim_mid_token_id", fim_mid)?;
+    let mut fim_pad = special("tokenizer.ggml.fim_pad_token_id", None)?;
+    let mut fim_rep = special("tokenizer.ggml.fim_rep_token_id", None)?;
+    let mut fim_sep = special("tokenizer.ggml.fim_sep_token_id", None)?;
+
+    // Find end-of-turn and FIM tokens by their text and make them control tokens.
+    for (id, text) in texts.iter().enumerate() {
+        let id = id as u32;
+        let text = text.as_str();
+        for (slot, list) in [
+            (&mut eot, EOT_TEXTS),
+            (&mut eom, &["<|eom_id|>"][..]),
+            (&mut fim_pre, FIM_PRE_TEXTS),
+            (&mut fim_suf, FIM_SUF_TEXTS),
+            (&mut fim_mid, FIM_MID_TEXTS),
+            (&mut fim_pad, FIM_PAD_TEXTS),
+            (&mut fim_rep, FIM_REP_TEXTS),
+            (&mut fim_sep, FIM_SEP_TEXTS),
+        ] {
+            if slot.is_none() && list.contains(&text) {
+                *slot = Some(id);
+                attrs[id as usize] |= ATTR_CONTROL;
+            }
+        }
+    }
+
+    // The end-of-generation set, as llama.cpp builds it.
+    let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
+    for (id, text) in texts.iter().enumerate() {
+        if EOG_TEXTS.contains(&text.as_str()) {
+            eog.insert(id as u32);
+            attrs[id] |= ATTR_CONTROL;
+        }
+        // gpt-oss: these always render.
+        if matches!(
+            text.as_str(),
+            "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
+        ) {
+            attrs[id] = ATTR_USER_DEFINED;
+        }
+    }
+    eog.extend([eos, eot, eom].into_iter().flatten());
+    let eog_with_text = |eog: &HashSet<u32>, wanted: &[&str]| {
+        eog.iter()
+            .copied()
+            .find(|&id| wanted.contains(&texts[id as usize].as_str()))
+    };
+    // o200k_harmony and solar-open: "<|end|>" is not the end of generation there.
+    let has = |eog: &HashSet<u32>, wanted: &[&str]| eog_with_text(eog, wanted).is_some();
+    if let Some(end) = eog_with_text(&eog, &["<|end|>"]) {
+        let has_call = has(&eog, &["<|call|>", "<|calls|>"]);
+        if has_call && (has(&eog, &["<|return|>"]) || has(&eog, &["<|flush|>"])) {
+            eog.remove(&end);
+            attrs[end as usize] = ATTR_USER_DEFINED;
+        }
+    }
+    // gemma4 and paddleocr: "</s>" is ordinary text there.
+    if has(&eog, &["<|tool_response>"]) {
+        if let Some(s) = eog_with_text(&eog, &["</s>"]) {
+            eog.remove(&s);
+            attrs[s as usize] = ATTR_NORMAL;
+        }
+    }
+    let mut eog: Vec<u32> = eog.into_iter().collect();
+    eog.sort_unstable();
+    Ok(SpecialIds { bos, eos, eog })
 }
 
 /// Typed access to GGUF metadata; wrong types are errors, missing keys are `None`.
@@ -618,25 +672,26 @@ fn read_token_attrs(meta: &Meta<'_>, n_tokens: usize) -> Result<Vec<u8>> {
         .collect()
 }
 
-/// Tokens with any of `mask` among their attributes, as added tokens matched verbatim.
-fn added_tokens(texts: &[String], attrs: &[u8], mask: u8) -> Vec<AddedToken> {
-    let special = mask & (ATTR_CONTROL | ATTR_UNKNOWN) != 0;
+/// The tokens llama.cpp splits out of the text before tokenizing, as added tokens matched
+/// verbatim: control and unknown tokens (marked special: only with `parse_special`) and
+/// user-defined ones (always). With `parse_special` off only the latter are wanted; a
+/// user-defined token promoted to control (an end-of-generation text) counts as control.
+fn added_tokens(texts: &[String], attrs: &[u8], parse_special: bool) -> Vec<AddedToken> {
     texts
         .iter()
         .zip(attrs)
-        .filter(|&(_, &attr)| attr & mask != 0)
-        .map(|(text, &attr)| {
-            // Only control/unknown tokens are "special" (skipped when parse_special is off).
-            let is_special = special && attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0;
-            AddedToken::from(text.clone(), is_special).normalized(false)
+        .filter_map(|(text, &attr)| {
+            let special = attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0;
+            let always = !special && attr & ATTR_USER_DEFINED != 0;
+            (always || (special && parse_special))
+                .then(|| AddedToken::from(text.clone(), special).normalized(false))
         })
         .collect()
 }
 
-fn build_bpe_tokenizer(
+fn build_byte_level_tokenizer(
     meta: &Meta<'_>,
     texts: &[String],
-    attrs: &[u8],
     choice: &PreTokenizerChoice,
 ) -> Result<Tokenizer> {
     const KEY: &str = "tokenizer.ggml.merges";
@@ -700,12 +755,76 @@ fn build_bpe_tokenizer(
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(Sequence::new(steps)));
     tokenizer.with_decoder(Some(ByteLevel::default()));
+    Ok(tokenizer)
+}
+
+/// SentencePiece BPE as llama.cpp runs it (`llm_tokenizer_spm_session`): start from single
+/// characters and repeatedly merge the adjacent pair whose concatenation is the token with the
+/// highest score (leftmost first on ties); characters that are no token become `<0xXX>` tokens.
+/// A Hugging Face BPE reproduces this when every split of every token into two tokens is a
+/// merge, ranked by the merged token's score.
+fn build_sentencepiece_tokenizer(
+    meta: &Meta<'_>,
+    texts: &[String],
+    add_space_prefix: bool,
+) -> Result<Tokenizer> {
+    const KEY: &str = "tokenizer.ggml.scores";
+    let scores: Vec<f32> = match meta.array(KEY)? {
+        None => vec![0.0; texts.len()],
+        Some(values) if values.len() >= texts.len() => values[..texts.len()]
+            .iter()
+            .map(|v| match *v {
+                Value::F32(x) => Ok(x),
+                Value::F64(x) => Ok(x as f32),
+                _ => int_value(v)
+                    .map(|x| x as f32)
+                    .ok_or_else(|| Meta::wrong_type(KEY, "numbers")),
+            })
+            .collect::<Result<_>>()?,
+        Some(values) => {
+            return Err(EngineError::Tokenizer(format!(
+                "{KEY} has {} entries for {} tokens",
+                values.len(),
+                texts.len()
+            )));
+        }
+    };
+    let vocab: Vocab = texts
+        .iter()
+        .enumerate()
+        .map(|(id, text)| (text.clone(), id as u32))
+        .collect();
+    // (score, id, split) for every way a token is two tokens.
+    let mut candidates: Vec<(f32, u32, usize)> = Vec::new();
+    for (id, text) in texts.iter().enumerate() {
+        for (at, _) in text.char_indices().skip(1) {
+            if vocab.contains_key(&text[..at]) && vocab.contains_key(&text[at..]) {
+                candidates.push((scores[id], id as u32, at));
+            }
+        }
+    }
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Merges = candidates
+        .into_iter()
+        .map(|(_, id, at)| {
+            let text = &texts[id as usize];
+            (text[..at].to_owned(), text[at..].to_owned())
+        })
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .build()
+        .map_err(tok_err)?;
+
+    let mut steps: Vec<NormalizerWrapper> = Vec::with_capacity(2);
+    if add_space_prefix {
+        steps.push(Prepend::new(SPM_SPACE.to_owned()).into());
+    }
+    steps.push(Replace::new(" ", SPM_SPACE).map_err(tok_err)?.into());
+    let mut tokenizer = Tokenizer::new(bpe);
     tokenizer
-        .add_tokens(added_tokens(
-            texts,
-            attrs,
-            ATTR_CONTROL | ATTR_UNKNOWN | ATTR_USER_DEFINED,
-        ))
+        .with_normalizer(Some(NormalizerSequence::new(steps)))
         .map_err(tok_err)?;
     Ok(tokenizer)
 }
@@ -824,7 +943,12 @@ mod tests {
     fn control_tokens_only_with_parse_special_user_defined_always() {
         let meta = metadata(
             "smollm",
-            &[("<|im_end|>", 3), ("<tool>", 4), ("<|extra|>", 3)],
+            &[
+                ("<|im_end|>", 3),
+                ("<tool>", 4),
+                ("<|extra|>", 3),
+                ("</s>", 4),
+            ],
             &[],
         );
         let tok = GgufTokenizer::from_metadata(&meta).unwrap();
@@ -841,6 +965,11 @@ mod tests {
         assert!(tok.token_bytes(u32::MAX).is_empty());
         assert!(tok.is_eog(im_end));
         assert!(!tok.is_eog(id(&tok, "<|extra|>")));
+        // A user-defined end-of-generation token is promoted to control (gemma's "</s>").
+        let end = id(&tok, "</s>");
+        assert!(tok.is_eog(end));
+        assert_eq!(tok.encode("</s>", false, true).unwrap(), [end]);
+        assert_eq!(tok.encode("</s>", false, false).unwrap().len(), 4);
     }
 
     #[test]
@@ -887,7 +1016,7 @@ mod tests {
         assert!(GgufTokenizer::from_metadata(&meta).is_err());
 
         let mut meta = metadata("gpt-2", &[], &[]);
-        meta.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        meta.insert("tokenizer.ggml.model".into(), Value::String("bert".into()));
         assert!(GgufTokenizer::from_metadata(&meta).is_err());
 
         let mut meta = metadata("gpt-2", &[("a", 1)], &[]);
@@ -942,6 +1071,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A SentencePiece vocabulary: `(text, type, score)`.
+    fn spm_metadata(tokens: &[(&str, i32, f32)]) -> HashMap<String, Value> {
+        let mut m = HashMap::new();
+        m.insert("tokenizer.ggml.model".into(), Value::String("llama".into()));
+        m.insert(
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.iter().map(|t| Value::String(t.0.into())).collect()),
+        );
+        m.insert(
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(tokens.iter().map(|t| Value::I32(t.1)).collect()),
+        );
+        m.insert(
+            "tokenizer.ggml.scores".into(),
+            Value::Array(tokens.iter().map(|t| Value::F32(t.2)).collect()),
+        );
+        m
+    }
+
+    #[test]
+    fn sentencepiece_merges_by_score_with_byte_fallback() {
+        let mut tokens = vec![
+            ("<unk>", 2, 0.0),
+            ("<s>", 3, 0.0),
+            ("</s>", 3, 0.0),
+            ("▁", 1, -1.0),
+            ("a", 1, -2.0),
+            ("b", 1, -3.0),
+            ("ab", 1, -10.0),
+            ("▁a", 1, -5.0),
+            ("▁ab", 1, -4.0),
+            ("\n", 4, 0.0),
+        ];
+        let bytes: Vec<String> = (0..=255u8).map(|b| format!("<0x{b:02X}>")).collect();
+        tokens.extend(bytes.iter().map(|b| (b.as_str(), 6, 0.0)));
+        let tok = GgufTokenizer::from_metadata(&spm_metadata(&tokens)).unwrap();
+        let pieces = |text: &str| -> Vec<String> {
+            let ids = tok.encode(text, false, true).unwrap();
+            ids.iter().map(|&i| tok.texts[i as usize].clone()).collect()
+        };
+        // Default add_space_prefix: a leading "▁". "▁a" (-5) merges before "ab" (-10), then
+        // "▁ab" (-4) is reachable from "▁a" + "b".
+        assert_eq!(pieces("ab"), ["▁ab"]);
+        assert_eq!(pieces("ab ab"), ["▁ab", "▁ab"]);
+        // "é" is no token: its two bytes.
+        assert_eq!(pieces("é"), ["▁", "<0xC3>", "<0xA9>"]);
+        // User-defined tokens split the text even without parse_special; a space is prefixed
+        // after every special piece, as llama.cpp does.
+        assert_eq!(pieces("a\na"), ["▁a", "\n", "▁a"]);
+        assert!(tok.add_bos());
+        assert_eq!(tok.bos_id(), Some(1));
+        assert_eq!(tok.bos_text(), "<s>");
+        let ids = tok.encode("ab é", true, false).unwrap();
+        assert_eq!(ids[0], 1);
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i)).collect();
+        assert_eq!(bytes, " ab é".as_bytes());
+        assert!(tok.is_eog(2));
     }
 
     #[test]

@@ -30,8 +30,12 @@ const NEAR_TIE: f64 = 0.02;
 /// How far the engine's top-1 probability may be from llama.cpp's.
 const PROB_TOLERANCE: f64 = 0.02;
 
+/// `$HEARTH_GOLDEN_DIR`, else `shared/fixtures/golden` beside the checkout.
 fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/golden")
+    std::env::var_os("HEARTH_GOLDEN_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/golden"),
+        PathBuf::from,
+    )
 }
 
 fn model_dirs() -> Vec<PathBuf> {

@@ -60,15 +60,29 @@ impl Box_ {
     }
 
     pub fn start_in(data: tempfile::TempDir, args: &[&std::ffi::OsStr]) -> Result<Self> {
+        Self::start_with_env(data, args, &[])
+    }
+
+    /// Starts hearthd with extra environment variables (e.g. systemd's `NOTIFY_SOCKET`).
+    pub fn start_with_env(
+        data: tempfile::TempDir,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let hearthd = bin_dir().join("hearthd");
-        let child = Command::new(&hearthd)
+        // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's pid for it.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"export WATCHDOG_PID=$$; exec "$0" "$@""#)
+            .arg(&hearthd)
             .arg("--data-dir")
             .arg(data.path())
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
             .env("HEARTH_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", hearthd.display()))?;
@@ -163,10 +177,11 @@ impl Box_ {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
-        nix::sys::signal::kill(
+        // It may already be gone (a test sent the signal itself).
+        let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
-        )?;
+        );
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait()? {

@@ -16,6 +16,7 @@ use crate::gguf::GgufModelFile;
 use crate::{EngineConfig, EngineError, Result};
 
 mod ops;
+mod quant;
 mod transformer;
 
 /// A model's forward pass with its own KV cache.

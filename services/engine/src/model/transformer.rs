@@ -1,27 +1,28 @@
 //! The llama/qwen2 decoder: pre-norm attention and SwiGLU feed-forward blocks.
 use std::sync::Arc;
 
-use candle_core::quantized::{QMatMul, QTensor};
-use candle_core::{Device, Module, Tensor};
+use candle_core::quantized::QTensor;
+use candle_core::{Device, Tensor};
 
 use super::ops::{self, AttnShape, KvCache, RopeTable};
+use super::quant::{QMatrix, matmul_shared};
 use super::{Forward, HParams};
 use crate::gguf::{GgufModelFile, TensorReader};
 use crate::{EngineConfig, EngineError, Result};
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
-    wo: QMatMul,
+    wo: QMatrix,
     ffn_norm: Vec<f32>,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    gate: QMatrix,
+    up: QMatrix,
+    down: QMatrix,
 }
 
 /// A loaded decoder with its KV cache.
@@ -32,7 +33,7 @@ pub struct Transformer {
     embeddings: Arc<QTensor>,
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
-    output: QMatMul,
+    output: QMatrix,
     rope: RopeTable,
     cache: Vec<KvCache>,
     /// Positions in the cache.
@@ -63,8 +64,8 @@ impl Loader<'_> {
         Ok(t)
     }
 
-    fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatMul> {
-        Ok(QMatMul::from_qtensor(self.qtensor(name, &[rows, cols])?)?)
+    fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
+        QMatrix::new(self.qtensor(name, &[rows, cols])?)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
@@ -92,7 +93,7 @@ impl Transformer {
         let output = if file.has_tensor("output.weight") {
             l.matmul("output.weight", vocab, n_embd)?
         } else {
-            QMatMul::from_arc(embeddings.clone())?
+            QMatrix::from_arc(embeddings.clone())?
         };
         let output_norm = l.vector("output_norm.weight", n_embd)?;
 
@@ -176,11 +177,10 @@ impl Transformer {
     }
 }
 
-/// `x` (`rows` × `w`'s input width) times `w`ᵀ, as a flat row-major `Vec`.
-fn matmul(w: &QMatMul, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-    let k = x.len() / rows;
-    let x = Tensor::from_slice(x, (rows, k), &Device::Cpu)?;
-    Ok(w.forward(&x)?.flatten_all()?.to_vec1::<f32>()?)
+/// Unpacks exactly `N` results of [`matmul_shared`].
+fn take<const N: usize>(v: Vec<Vec<f32>>) -> Result<[Vec<f32>; N]> {
+    <[Vec<f32>; N]>::try_from(v)
+        .map_err(|_| EngineError::InvalidRequest("matmul result count mismatch".into()))
 }
 
 impl Transformer {
@@ -212,9 +212,8 @@ impl Transformer {
         let mut attn = vec![0f32; rows * hp.n_head * hp.head_dim];
         for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
             ops::rms_norm(&hidden, &layer.attn_norm, hp.rms_eps, &mut normed);
-            let mut q = matmul(&layer.wq, &normed, rows)?;
-            let mut k = matmul(&layer.wk, &normed, rows)?;
-            let mut v = matmul(&layer.wv, &normed, rows)?;
+            let [mut q, mut k, mut v] =
+                take(matmul_shared(&[&layer.wq, &layer.wk, &layer.wv], &normed, rows)?)?;
             for (x, b) in [
                 (&mut q, &layer.bq),
                 (&mut k, &layer.bk),
@@ -230,16 +229,15 @@ impl Transformer {
                 .apply(&mut k, start_pos, hp.n_head_kv, hp.head_dim, hp.rope_style);
             cache.append(&k, &v);
             ops::attention(&q, cache, start_pos, shape, &mut attn);
-            let o = matmul(&layer.wo, &attn, rows)?;
+            let o = layer.wo.matmul(&attn, rows)?;
             for (h, o) in hidden.iter_mut().zip(&o) {
                 *h += o;
             }
 
             ops::rms_norm(&hidden, &layer.ffn_norm, hp.rms_eps, &mut normed);
-            let mut gate = matmul(&layer.gate, &normed, rows)?;
-            let up = matmul(&layer.up, &normed, rows)?;
+            let [mut gate, up] = take(matmul_shared(&[&layer.gate, &layer.up], &normed, rows)?)?;
             ops::swiglu(&mut gate, &up);
-            let down = matmul(&layer.down, &gate, rows)?;
+            let down = layer.down.matmul(&gate, rows)?;
             for (h, d) in hidden.iter_mut().zip(&down) {
                 *h += d;
             }
@@ -248,7 +246,7 @@ impl Transformer {
         let last = &hidden[(rows - 1) * hp.n_embd..];
         let mut last_normed = vec![0f32; hp.n_embd];
         ops::rms_norm(last, &self.output_norm, hp.rms_eps, &mut last_normed);
-        matmul(&self.output, &last_normed, 1)
+        self.output.matmul(&last_normed, 1)
     }
 }
 

@@ -1,0 +1,507 @@
+//! Matrix products over quantized weights, matching ggml's CPU arithmetic.
+//!
+//! For the 32-element block formats (Q4_0, Q4_1, Q5_0, Q8_0) the engine has its own kernels:
+//! activations are quantized as ggml's x86 `quantize_row_q8_0`/`q8_1` do (scale `amax/127`
+//! rounded to f16, values rounded to nearest-even, and for Q8_1 the block sum `f16(d * Σq)`),
+//! then integer block dot products are scaled and summed. candle's own Q8_1 quantization
+//! rounds the block sum through f16 twice, which shifts SmolLM2's probabilities by a few
+//! hundredths — enough to flip llama.cpp's greedy choices — so these formats do not go
+//! through candle. Other formats (the K-quants, floats) use candle's `QMatMul`.
+//!
+//! Work is split across candle's persistent CPU pool in chunks of weight rows; one call can
+//! run several matrices that share an input (q/k/v, gate/up), quantizing that input once.
+use std::sync::Mutex;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+use super::ops::round_to_f16;
+use crate::Result;
+
+const QK: usize = 32;
+
+/// f16 bits to f32.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    match exp {
+        0 => {
+            // Zero or subnormal: man * 2^-24.
+            #[allow(clippy::cast_precision_loss)]
+            let v = man as f32 * (1.0 / 16_777_216.0);
+            if sign == 0 { v } else { -v }
+        }
+        31 => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
+        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+    }
+}
+
+/// Which 8-bit activation blocks a weight format multiplies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ActFormat {
+    /// `d`, 32 × i8.
+    Q8_0,
+    /// `d`, `s = d·Σq`, 32 × i8.
+    Q8_1,
+}
+
+/// Rows of activations quantized to 8-bit blocks of 32.
+struct QActs {
+    blocks_per_row: usize,
+    /// Scale of each block, already rounded through f16.
+    d: Vec<f32>,
+    /// `f16(d · Σq)` per block (Q8_1 only).
+    s: Vec<f32>,
+    qs: Vec<[i8; QK]>,
+}
+
+impl QActs {
+    /// As ggml's x86 `quantize_row_q8_0`/`quantize_row_q8_1`.
+    fn quantize(x: &[f32], k: usize, format: ActFormat) -> Self {
+        let n_blocks = x.len() / QK;
+        let mut d = Vec::with_capacity(n_blocks);
+        let mut s = Vec::with_capacity(if format == ActFormat::Q8_1 { n_blocks } else { 0 });
+        let mut qs = Vec::with_capacity(n_blocks);
+        for block in x.chunks_exact(QK) {
+            let amax = block.iter().fold(0f32, |m, &v| m.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut q = [0i8; QK];
+            let mut sum = 0i32;
+            for (q, &v) in q.iter_mut().zip(block) {
+                // |v·inv| ≤ 127 by construction.
+                #[allow(clippy::cast_possible_truncation)]
+                let r = (v * inv).round_ties_even() as i8;
+                *q = r;
+                sum += i32::from(r);
+            }
+            d.push(round_to_f16(scale));
+            if format == ActFormat::Q8_1 {
+                #[allow(clippy::cast_precision_loss)]
+                s.push(round_to_f16(scale * sum as f32));
+            }
+            qs.push(q);
+        }
+        Self {
+            blocks_per_row: k / QK,
+            d,
+            s,
+            qs,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.d.len() / self.blocks_per_row
+    }
+
+    fn row(&self, i: usize) -> ActRow<'_> {
+        let r = i * self.blocks_per_row..(i + 1) * self.blocks_per_row;
+        ActRow {
+            d: &self.d[r.clone()],
+            s: if self.s.is_empty() { &[] } else { &self.s[r.clone()] },
+            qs: &self.qs[r],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct ActRow<'a> {
+    d: &'a [f32],
+    s: &'a [f32],
+    qs: &'a [[i8; QK]],
+}
+
+/// Weights of one 32-block format, unpacked into separate arrays (scales as f32).
+enum Blocks {
+    Q4_0 {
+        d: Vec<f32>,
+        qs: Vec<[u8; 16]>,
+    },
+    Q4_1 {
+        d: Vec<f32>,
+        m: Vec<f32>,
+        qs: Vec<[u8; 16]>,
+    },
+    Q5_0 {
+        d: Vec<f32>,
+        qh: Vec<u32>,
+        qs: Vec<[u8; 16]>,
+    },
+    Q8_0 {
+        d: Vec<f32>,
+        qs: Vec<[i8; QK]>,
+    },
+}
+
+impl Blocks {
+    fn act_format(&self) -> ActFormat {
+        match self {
+            Blocks::Q4_1 { .. } => ActFormat::Q8_1,
+            _ => ActFormat::Q8_0,
+        }
+    }
+
+    /// Parses ggml's on-disk blocks.
+    fn parse(dtype: GgmlDType, data: &[u8]) -> Option<Self> {
+        let h = |b: &[u8], i: usize| f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
+        let nib = |b: &[u8], at: usize| -> [u8; 16] {
+            let mut q = [0u8; 16];
+            q.copy_from_slice(&b[at..at + 16]);
+            q
+        };
+        Some(match dtype {
+            GgmlDType::Q4_0 => {
+                let it = data.chunks_exact(18);
+                Blocks::Q4_0 {
+                    d: it.clone().map(|b| h(b, 0)).collect(),
+                    qs: it.map(|b| nib(b, 2)).collect(),
+                }
+            }
+            GgmlDType::Q4_1 => {
+                let it = data.chunks_exact(20);
+                Blocks::Q4_1 {
+                    d: it.clone().map(|b| h(b, 0)).collect(),
+                    m: it.clone().map(|b| h(b, 2)).collect(),
+                    qs: it.map(|b| nib(b, 4)).collect(),
+                }
+            }
+            GgmlDType::Q5_0 => {
+                let it = data.chunks_exact(22);
+                Blocks::Q5_0 {
+                    d: it.clone().map(|b| h(b, 0)).collect(),
+                    qh: it
+                        .clone()
+                        .map(|b| u32::from_le_bytes([b[2], b[3], b[4], b[5]]))
+                        .collect(),
+                    qs: it.map(|b| nib(b, 6)).collect(),
+                }
+            }
+            GgmlDType::Q8_0 => {
+                let it = data.chunks_exact(34);
+                Blocks::Q8_0 {
+                    d: it.clone().map(|b| h(b, 0)).collect(),
+                    qs: it
+                        .map(|b| {
+                            let mut q = [0i8; QK];
+                            for (q, &byte) in q.iter_mut().zip(&b[2..34]) {
+                                *q = i8::from_le_bytes([byte]);
+                            }
+                            q
+                        })
+                        .collect(),
+                }
+            }
+            _ => return None,
+        })
+    }
+
+    fn block_count(&self) -> usize {
+        match self {
+            Blocks::Q4_0 { d, .. }
+            | Blocks::Q4_1 { d, .. }
+            | Blocks::Q5_0 { d, .. }
+            | Blocks::Q8_0 { d, .. } => d.len(),
+        }
+    }
+
+    /// Dot product of weight row `r` (`nb` blocks) with one activation row.
+    fn dot(&self, r: usize, nb: usize, a: ActRow<'_>) -> f32 {
+        let range = r * nb..(r + 1) * nb;
+        match self {
+            Blocks::Q4_0 { d, qs } => {
+                let mut acc = 0f32;
+                for ((&dx, q), (&dy, y)) in d[range.clone()]
+                    .iter()
+                    .zip(&qs[range])
+                    .zip(a.d.iter().zip(a.qs))
+                {
+                    let mut sumi = 0i32;
+                    for j in 0..16 {
+                        sumi += (i32::from(q[j] & 0x0f) - 8) * i32::from(y[j])
+                            + (i32::from(q[j] >> 4) - 8) * i32::from(y[j + 16]);
+                    }
+                    #[allow(clippy::cast_precision_loss)]
+                    let sumi = sumi as f32;
+                    acc += dx * dy * sumi;
+                }
+                acc
+            }
+            Blocks::Q4_1 { d, m, qs } => {
+                let (mut acc, mut summs) = (0f32, 0f32);
+                for (((&dx, &mx), q), ((&dy, &sy), y)) in d[range.clone()]
+                    .iter()
+                    .zip(&m[range.clone()])
+                    .zip(&qs[range])
+                    .zip(a.d.iter().zip(a.s).zip(a.qs))
+                {
+                    let mut sumi = 0i32;
+                    for j in 0..16 {
+                        sumi += i32::from(q[j] & 0x0f) * i32::from(y[j])
+                            + i32::from(q[j] >> 4) * i32::from(y[j + 16]);
+                    }
+                    #[allow(clippy::cast_precision_loss)]
+                    let sumi = sumi as f32;
+                    acc += dx * dy * sumi;
+                    summs += mx * sy;
+                }
+                acc + summs
+            }
+            Blocks::Q5_0 { d, qh, qs } => {
+                let mut acc = 0f32;
+                for (((&dx, &h), q), (&dy, y)) in d[range.clone()]
+                    .iter()
+                    .zip(&qh[range.clone()])
+                    .zip(&qs[range])
+                    .zip(a.d.iter().zip(a.qs))
+                {
+                    let mut sumi = 0i32;
+                    for j in 0..16 {
+                        let h0 = ((h >> j) << 4) & 0x10;
+                        let h1 = (h >> (j + 12)) & 0x10;
+                        let x0 = i32::from(q[j] & 0x0f) | h0 as i32;
+                        let x1 = i32::from(q[j] >> 4) | h1 as i32;
+                        sumi += (x0 - 16) * i32::from(y[j]) + (x1 - 16) * i32::from(y[j + 16]);
+                    }
+                    #[allow(clippy::cast_precision_loss)]
+                    let sumi = sumi as f32;
+                    acc += dx * dy * sumi;
+                }
+                acc
+            }
+            Blocks::Q8_0 { d, qs } => {
+                let mut acc = 0f32;
+                for ((&dx, q), (&dy, y)) in d[range.clone()]
+                    .iter()
+                    .zip(&qs[range])
+                    .zip(a.d.iter().zip(a.qs))
+                {
+                    let mut sumi = 0i32;
+                    for j in 0..QK {
+                        sumi += i32::from(q[j]) * i32::from(y[j]);
+                    }
+                    #[allow(clippy::cast_precision_loss)]
+                    let sumi = sumi as f32;
+                    acc += dx * dy * sumi;
+                }
+                acc
+            }
+        }
+    }
+}
+
+enum Kernel {
+    Blocks(Blocks),
+    Candle(QMatMul),
+}
+
+/// A weight matrix of `n` rows (outputs) by `k` columns (inputs).
+pub struct QMatrix {
+    n: usize,
+    k: usize,
+    kernel: Kernel,
+}
+
+impl QMatrix {
+    /// Takes a 2-D `[n, k]` tensor; the 32-block formats get the engine's kernels.
+    pub fn new(t: QTensor) -> Result<Self> {
+        let (n, k) = t.shape().dims2()?;
+        if let Some(blocks) = Self::engine_blocks(&t, n, k)? {
+            return Ok(Self {
+                n,
+                k,
+                kernel: Kernel::Blocks(blocks),
+            });
+        }
+        Ok(Self {
+            n,
+            k,
+            kernel: Kernel::Candle(QMatMul::from_qtensor(t)?),
+        })
+    }
+
+    fn engine_blocks(t: &QTensor, n: usize, k: usize) -> Result<Option<Blocks>> {
+        if k % QK != 0 {
+            return Ok(None);
+        }
+        Ok(Blocks::parse(t.dtype(), &t.data()?).filter(|b| b.block_count() == n * k / QK))
+    }
+
+    /// Like [`Self::new`], but a format without engine kernels shares `t` with candle.
+    pub fn from_arc(t: std::sync::Arc<QTensor>) -> Result<Self> {
+        let (n, k) = t.shape().dims2()?;
+        if let Some(blocks) = Self::engine_blocks(&t, n, k)? {
+            return Ok(Self {
+                n,
+                k,
+                kernel: Kernel::Blocks(blocks),
+            });
+        }
+        Ok(Self {
+            n,
+            k,
+            kernel: Kernel::Candle(QMatMul::from_arc(t)?),
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// `x` (`m` rows of `k`) times this matrix transposed: `m` rows of `n`, row-major.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut out = matmul_shared(&[self], x, m)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+}
+
+/// Output rows per work item.
+const CHUNK_ROWS: usize = 16;
+
+/// Multiplies the same input `x` (`m` rows) by each of `mats` (all with the same `k`),
+/// quantizing `x` once per activation format and running all products in one parallel region.
+pub fn matmul_shared(mats: &[&QMatrix], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+    let k = x.len() / m.max(1);
+    let needs = |f: ActFormat| {
+        mats.iter()
+            .any(|w| matches!(&w.kernel, Kernel::Blocks(b) if b.act_format() == f))
+    };
+    let q8_0 = needs(ActFormat::Q8_0).then(|| QActs::quantize(x, k, ActFormat::Q8_0));
+    let q8_1 = needs(ActFormat::Q8_1).then(|| QActs::quantize(x, k, ActFormat::Q8_1));
+
+    // Transposed outputs (n × m per matrix), cut into chunks of CHUNK_ROWS weight rows.
+    let mut outs_t: Vec<Vec<f32>> = mats
+        .iter()
+        .map(|w| match w.kernel {
+            Kernel::Blocks(_) => vec![0f32; w.n * m],
+            Kernel::Candle(_) => Vec::new(),
+        })
+        .collect();
+    struct Work<'a> {
+        mat: &'a QMatrix,
+        blocks: &'a Blocks,
+        acts: &'a QActs,
+        first_row: usize,
+        out: Mutex<&'a mut [f32]>,
+    }
+    let mut work = Vec::new();
+    for (w, out) in mats.iter().zip(outs_t.iter_mut()) {
+        let Kernel::Blocks(blocks) = &w.kernel else {
+            continue;
+        };
+        debug_assert_eq!(w.k, k);
+        let acts = match blocks.act_format() {
+            ActFormat::Q8_0 => q8_0.as_ref(),
+            ActFormat::Q8_1 => q8_1.as_ref(),
+        };
+        let Some(acts) = acts else { continue };
+        for (c, chunk) in out.chunks_mut(CHUNK_ROWS * m).enumerate() {
+            work.push(Work {
+                mat: w,
+                blocks,
+                acts,
+                first_row: c * CHUNK_ROWS,
+                out: Mutex::new(chunk),
+            });
+        }
+    }
+    let run = |item: &Work<'_>| {
+        let nb = item.mat.k / QK;
+        let mut out = item.out.lock().unwrap_or_else(|e| e.into_inner());
+        let rows_here = out.len() / m;
+        for r in 0..rows_here {
+            let row = item.first_row + r;
+            for i in 0..item.acts.rows() {
+                out[r * m + i] = item.blocks.dot(row, nb, item.acts.row(i));
+            }
+        }
+    };
+    if work.len() <= 1 {
+        work.iter().for_each(run);
+    } else {
+        candle_core::utils::barrier_pool().execute_chunked(work.len(), |range| {
+            work[range].iter().for_each(run);
+        });
+    }
+    drop(work);
+
+    let mut results = Vec::with_capacity(mats.len());
+    for (w, out_t) in mats.iter().zip(outs_t) {
+        match &w.kernel {
+            Kernel::Blocks(_) => results.push(transpose(&out_t, w.n, m)),
+            Kernel::Candle(q) => {
+                let t = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
+                results.push(q.forward(&t)?.flatten_all()?.to_vec1::<f32>()?);
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// `n × m` row-major to `m × n`.
+fn transpose(a: &[f32], n: usize, m: usize) -> Vec<f32> {
+    if m == 1 {
+        return a.to_vec();
+    }
+    let mut out = vec![0f32; n * m];
+    for (j, row) in a.chunks_exact(m).enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            out[i * n + j] = v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_decoding() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    /// Each engine kernel agrees with candle's dequantized weights times the dequantized
+    /// activations, up to the activation quantization error.
+    #[test]
+    fn kernels_match_dequantized_products() {
+        let (n, k, m) = (40, 96, 3);
+        #[allow(clippy::cast_precision_loss)]
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        #[allow(clippy::cast_precision_loss)]
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 53 % 89) as f32 - 44.0) / 30.0).collect();
+        let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
+        for dtype in [
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q8_0,
+        ] {
+            let q = QTensor::quantize(&wt, dtype).unwrap();
+            let deq = q.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+
+            let mat = QMatrix::new(q).unwrap();
+            assert!(matches!(mat.kernel, Kernel::Blocks(_)), "{dtype:?}");
+            let got = mat.matmul(&x, m).unwrap();
+            for i in 0..m {
+                for (j, wrow) in deq.iter().enumerate() {
+                    let want: f32 = wrow.iter().zip(&x[i * k..(i + 1) * k]).map(|(a, b)| a * b).sum();
+                    let g = got[i * n + j];
+                    assert!(
+                        (g - want).abs() < 0.02 * (1.0 + want.abs()),
+                        "{dtype:?} [{i},{j}]: {g} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
