@@ -110,8 +110,14 @@ impl LoadedModel {
 
     /// Tokenizes a rendered prompt as llama.cpp does: BOS when the model asks for it, special
     /// token text in the (template-rendered) prompt becomes control tokens.
+    /// When the template already wrote the BOS text, it is not doubled (llama.cpp does the same).
     pub fn tokenize_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
-        self.tokenizer
-            .encode(prompt, self.tokenizer.add_bos(), true)
+        let add_bos = self.tokenizer.add_bos();
+        let bos = self.tokenizer.bos_text();
+        let prompt = match prompt.strip_prefix(bos) {
+            Some(rest) if add_bos && !bos.is_empty() => rest,
+            _ => prompt,
+        };
+        self.tokenizer.encode(prompt, add_bos, true)
     }
 }

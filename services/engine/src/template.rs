@@ -2,8 +2,9 @@
 //!
 //! A GGUF's template is code from whoever made the file, so it runs with limits: no loader
 //! (`include`/`import`/`extends` fail), no access to the environment or files, a fuel budget
-//! per render (every instruction costs fuel, so `range` loops stop), a recursion limit, and an
-//! output limit ([`MAX_OUTPUT_BYTES`]).
+//! per render (every instruction costs fuel, so `range` loops stop), a recursion limit, an
+//! output limit ([`MAX_OUTPUT_BYTES`]), and its own thread with a stack deep enough for the
+//! deepest values the fuel lets it build (minijinja prints and drops values recursively).
 //!
 //! What Hugging Face templates expect is provided: `messages`, `add_generation_prompt`,
 //! `bos_token`, `eos_token`, `raise_exception`, `strftime_now`, Jinja2's `trim_blocks` and
@@ -30,8 +31,9 @@ pub const FUEL: u64 = 500_000;
 /// recursively (~700 bytes of stack per level); the fuel lets a template nest values at most
 /// ~`FUEL / 4` deep, and this stack holds that with room to spare. Only touched pages are used.
 const RENDER_STACK_BYTES: usize = 256 << 20;
-/// Nesting depth of macros, includes and loops.
-pub const RECURSION_LIMIT: usize = 64;
+/// Nesting depth of macros, includes and loops (a macro call counts ~10). Templates that format
+/// tool schemas recurse a few levels; the render thread's stack holds minijinja's maximum.
+pub const RECURSION_LIMIT: usize = 200;
 /// Deepest value `tojson` serializes.
 const MAX_JSON_DEPTH: usize = 64;
 
@@ -790,6 +792,67 @@ mod tests {
             assert_eq!(render(source).unwrap(), want, "{source}");
         }
         assert_render_error("{{ 'x'.nonexistent() }}", "");
+    }
+
+    /// The constructs Qwen3-style templates use: reversed slices, namespaces, `is string`,
+    /// chained Python string methods, trim_blocks.
+    #[test]
+    fn qwen3_style_template() {
+        let source = r#"{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and message.content is string and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- set content = message.content if message.content is string else '' %}
+    {%- if message.role == "assistant" and '</think>' in content %}
+        {%- set reasoning_content = content.split('</think>')[0].rstrip('
+').split('<think>')[-1].lstrip('
+') %}
+        {%- set content = content.split('</think>')[-1].lstrip('
+') %}
+        {{- '<|im_start|>' + message.role + '
+<think>
+' + reasoning_content.strip('
+') + '
+</think>
+
+' + content + '<|im_end|>
+' }}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '
+' + content + '<|im_end|>
+' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant
+' }}
+{%- endif %}
+{{- ns.last_query_index }}"#;
+        let messages = [
+            msg("user", "hi"),
+            msg(
+                "assistant",
+                "<think>
+hmm
+</think>
+
+hello",
+            ),
+            msg("user", "<tool_response>x</tool_response>"),
+        ];
+        let out = ChatTemplate::new(source)
+            .unwrap()
+            .render(&messages, true, "", "")
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\nhmm\n</think>\n\nhello<|im_end|>\n<|im_start|>user\n<tool_response>x</tool_response><|im_end|>\n<|im_start|>assistant\n0"
+        );
     }
 
     #[test]

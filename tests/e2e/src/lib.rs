@@ -84,6 +84,7 @@ impl Box_ {
             .env("HEARTH_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
+            .stderr(std::fs::File::create(data.path().join("hearthd.log"))?)
             .spawn()
             .with_context(|| format!("starting {}", hearthd.display()))?;
         let agent = ureq::Agent::config_builder()
@@ -197,6 +198,10 @@ impl Box_ {
 
 impl Drop for Box_ {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.data.path().join("hearthd.log"));
+            eprintln!("--- hearthd's log ---\n{}", log.unwrap_or_default());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
