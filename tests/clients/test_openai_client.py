@@ -68,9 +68,9 @@ class OpenAIClientTest(unittest.TestCase):
     def test_plain_completion(self):
         res = self.client.chat.completions.create(
             model=MODEL_ID, temperature=0, max_tokens=24,
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            messages=[{"role": "user", "content": "Give me three tips for sleeping better."}],
         )
-        self.assertIn("Paris", res.choices[0].message.content)
+        self.assertTrue(res.choices[0].message.content.startswith("Here are three tips"), res.choices[0].message.content)
         self.assertEqual(res.choices[0].message.role, "assistant")
         self.assertGreater(res.usage.prompt_tokens, 10)
         self.assertEqual(res.usage.total_tokens, res.usage.prompt_tokens + res.usage.completion_tokens)
@@ -79,7 +79,7 @@ class OpenAIClientTest(unittest.TestCase):
         stream = self.client.chat.completions.create(
             model=MODEL_ID, temperature=0, max_tokens=24, stream=True,
             stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            messages=[{"role": "user", "content": "Give me three tips for sleeping better."}],
         )
         pieces, usage, finish = [], None, None
         for chunk in stream:
@@ -90,7 +90,7 @@ class OpenAIClientTest(unittest.TestCase):
             if chunk.usage:
                 usage = chunk.usage
         self.assertGreater(len(pieces), 3)
-        self.assertIn("Paris", "".join(pieces))
+        self.assertTrue("".join(pieces).startswith("Here are three tips"), pieces)
         self.assertIn(finish, ("stop", "length"))
         self.assertIsNotNone(usage)
         self.assertGreaterEqual(usage.completion_tokens, len(pieces))

@@ -33,11 +33,12 @@ fn answers_plain_and_streamed_with_usage_and_same_seed_same_answer() {
     assert_eq!(models["data"][0]["hearth"]["state"], "ready");
 
     let (status, res) = b
-        .post("/v1/chat/completions", &chat(ID, "What is the capital of France?", json!({ "temperature": 0, "max_tokens": 24 })))
+        .post("/v1/chat/completions", &chat(ID, "Give me three tips for sleeping better.", json!({ "temperature": 0, "max_tokens": 24 })))
         .unwrap();
     assert_eq!(status, 200, "{res}");
     let answer = res["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(answer.contains("Paris"), "{answer}");
+    // llama.cpp's greedy answer to this prompt starts "Here are three tips to help you".
+    assert!(answer.starts_with("Here are three tips"), "{answer}");
     let usage = &res["usage"];
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 10);
     let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
@@ -46,7 +47,7 @@ fn answers_plain_and_streamed_with_usage_and_same_seed_same_answer() {
 
     // The same request streamed gives the same greedy text, in several chunks.
     let (status, sse) = b
-        .stream(&chat(ID, "What is the capital of France?", json!({ "temperature": 0, "max_tokens": 24, "stream": true })))
+        .stream(&chat(ID, "Give me three tips for sleeping better.", json!({ "temperature": 0, "max_tokens": 24, "stream": true })))
         .unwrap();
     assert_eq!(status, 200);
     let chunks = sse.collect().unwrap();
@@ -71,10 +72,10 @@ fn answers_plain_and_streamed_with_usage_and_same_seed_same_answer() {
 
     // Stop strings end the answer before them.
     let (_, res) = b
-        .post("/v1/chat/completions", &chat(ID, "What is the capital of France?", json!({ "temperature": 0, "max_tokens": 24, "stop": ["Paris"] })))
+        .post("/v1/chat/completions", &chat(ID, "Give me three tips for sleeping better.", json!({ "temperature": 0, "max_tokens": 24, "stop": ["tips"] })))
         .unwrap();
     let stopped = res["choices"][0]["message"]["content"].as_str().unwrap();
-    assert!(!stopped.contains("Paris") && answer.starts_with(stopped), "{stopped:?} vs {answer:?}");
+    assert_eq!(stopped, "Here are three ", "cut before the stop string");
     assert_eq!(res["choices"][0]["finish_reason"], "stop");
 }
 
