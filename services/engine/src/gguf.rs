@@ -497,7 +497,7 @@ impl HeaderWalker<'_> {
                         self.invalid(format!("metadata '{key}': unknown array element type {t}"))
                     })?,
                 };
-                let needed = count.checked_mul(min_elem).unwrap_or(u64::MAX);
+                let needed = count.saturating_mul(min_elem);
                 if needed > self.remaining() {
                     return Err(self.invalid(format!(
                         "metadata '{key}': array of {count} elements needs at least {needed} bytes, \
@@ -666,5 +666,395 @@ impl HeaderWalker<'_> {
             tensor_count,
             data_offset,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds GGUF bytes by hand.
+    #[derive(Default, Clone)]
+    struct Builder {
+        version: u32,
+        tensor_count: Option<u64>,
+        kv_count: Option<u64>,
+        kvs: Vec<u8>,
+        n_kv: u64,
+        tensors: Vec<u8>,
+        n_tensors: u64,
+        data_len: usize,
+    }
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    impl Builder {
+        fn new() -> Self {
+            Self {
+                version: 3,
+                ..Self::default()
+            }
+            .kv_str("general.architecture", "llama")
+        }
+
+        fn kv_raw(mut self, key: &str, value_type: u32, value: &[u8]) -> Self {
+            self.kvs.extend(string(key));
+            self.kvs.extend(value_type.to_le_bytes());
+            self.kvs.extend_from_slice(value);
+            self.n_kv += 1;
+            self
+        }
+
+        fn kv_str(self, key: &str, value: &str) -> Self {
+            self.kv_raw(key, T_STRING, &string(value))
+        }
+
+        fn kv_u32(self, key: &str, value: u32) -> Self {
+            self.kv_raw(key, T_U32, &value.to_le_bytes())
+        }
+
+        fn tensor(mut self, name: &str, dims: &[u64], ggml_type: u32, offset: u64) -> Self {
+            self.tensors.extend(string(name));
+            self.tensors.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                self.tensors.extend(d.to_le_bytes());
+            }
+            self.tensors.extend(ggml_type.to_le_bytes());
+            self.tensors.extend(offset.to_le_bytes());
+            self.n_tensors += 1;
+            self
+        }
+
+        fn data(mut self, len: usize) -> Self {
+            self.data_len = len;
+            self
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            let mut b = b"GGUF".to_vec();
+            b.extend(self.version.to_le_bytes());
+            b.extend(self.tensor_count.unwrap_or(self.n_tensors).to_le_bytes());
+            b.extend(self.kv_count.unwrap_or(self.n_kv).to_le_bytes());
+            b.extend_from_slice(&self.kvs);
+            b.extend_from_slice(&self.tensors);
+            while b.len() % 32 != 0 {
+                b.push(0);
+            }
+            b.extend(std::iter::repeat_n(0u8, self.data_len));
+            b
+        }
+    }
+
+    /// A valid file: one f32 tensor of 8 values.
+    fn valid() -> Builder {
+        Builder::new()
+            .kv_u32("llama.context_length", 128)
+            .tensor("w", &[8], 0, 0)
+            .data(32)
+    }
+
+    /// Opens `bytes` from a temporary file (kept alive with the result).
+    fn open_bytes(bytes: &[u8]) -> (tempfile::TempDir, Result<GgufModelFile>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        let file = GgufModelFile::open(&path);
+        (dir, file)
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Want {
+        NotGguf,
+        Invalid,
+        Unsupported,
+        Missing,
+    }
+
+    fn kind(e: &EngineError) -> Option<Want> {
+        match e {
+            EngineError::NotGguf { .. } => Some(Want::NotGguf),
+            EngineError::InvalidGguf { .. } => Some(Want::Invalid),
+            EngineError::UnsupportedArchitecture { .. } => Some(Want::Unsupported),
+            EngineError::MissingMetadata { .. } => Some(Want::Missing),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_valid_file_opens() {
+        let (_dir, f) = open_bytes(&valid().bytes());
+        let f = f.unwrap();
+        assert_eq!(f.architecture(), "llama");
+        assert_eq!(f.get_u32("llama.context_length").unwrap(), 128);
+        assert_eq!(f.get_usize("llama.context_length").unwrap(), 128);
+        assert!(f.get_f32("llama.context_length").is_err());
+        assert!(matches!(
+            f.get_u32("nope"),
+            Err(EngineError::MissingMetadata { ref key, .. }) if key == "nope"
+        ));
+        assert_eq!(f.opt_u32("nope").unwrap(), None);
+        assert!(f.opt_str("llama.context_length").is_err());
+        assert_eq!(f.chat_template(), None);
+        assert!(f.has_tensor("w"));
+        let t = f.tensor_reader().unwrap().load("w").unwrap();
+        assert_eq!(t.shape().dims(), &[8]);
+    }
+
+    #[test]
+    fn damaged_headers_are_refused_with_the_right_error() {
+        let mut random = Vec::new();
+        let mut x: u32 = 0x1234_5678;
+        for _ in 0..4096 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            random.push(x.to_le_bytes()[0]);
+        }
+        let cut = valid().bytes();
+        let huge = u64::MAX.to_le_bytes();
+        let mut huge_array = T_U8.to_le_bytes().to_vec();
+        huge_array.extend(huge);
+        let mut nested = Vec::new();
+        for _ in 0..8 {
+            nested.extend(T_ARRAY.to_le_bytes());
+            nested.extend(1u64.to_le_bytes());
+        }
+        nested.extend(T_U8.to_le_bytes());
+        nested.extend(0u64.to_le_bytes());
+        let with = |b: Builder| b.bytes();
+        let cases: Vec<(&str, Vec<u8>, Want, &str)> = vec![
+            ("empty file", vec![], Want::NotGguf, "empty"),
+            ("random bytes", random, Want::NotGguf, "magic"),
+            (
+                "bad magic",
+                b"GGUX\x03\0\0\0".to_vec(),
+                Want::NotGguf,
+                "magic",
+            ),
+            ("three bytes", b"GGU".to_vec(), Want::NotGguf, "ends inside"),
+            (
+                "version 1",
+                with(Builder {
+                    version: 1,
+                    ..valid()
+                }),
+                Want::NotGguf,
+                "version 1",
+            ),
+            (
+                "version 4",
+                with(Builder {
+                    version: 4,
+                    ..valid()
+                }),
+                Want::NotGguf,
+                "version 4",
+            ),
+            (
+                "cut after version",
+                cut[..8].to_vec(),
+                Want::NotGguf,
+                "ends inside",
+            ),
+            (
+                "cut in a key",
+                cut[..40].to_vec(),
+                Want::Invalid,
+                "left in the file",
+            ),
+            (
+                "cut in the tensor table",
+                cut[..cut.len() - 60].to_vec(),
+                Want::NotGguf,
+                "ends inside",
+            ),
+            (
+                "huge tensor count",
+                with(Builder {
+                    tensor_count: Some(u64::MAX),
+                    ..valid()
+                }),
+                Want::Invalid,
+                "tensors",
+            ),
+            (
+                "huge metadata count",
+                with(Builder {
+                    kv_count: Some(1 << 40),
+                    ..valid()
+                }),
+                Want::Invalid,
+                "metadata entries",
+            ),
+            (
+                "huge key length",
+                {
+                    let mut b = valid().bytes();
+                    b[24..32].copy_from_slice(&huge);
+                    b
+                },
+                Want::Invalid,
+                "metadata key #0",
+            ),
+            (
+                "huge string value",
+                with(valid().kv_raw("x", T_STRING, &huge)),
+                Want::Invalid,
+                "'x'",
+            ),
+            (
+                "huge array",
+                with(valid().kv_raw("arr", T_ARRAY, &huge_array)),
+                Want::Invalid,
+                "'arr'",
+            ),
+            (
+                "deeply nested arrays",
+                with(valid().kv_raw("deep", T_ARRAY, &nested)),
+                Want::Invalid,
+                "nested",
+            ),
+            (
+                "unknown value type",
+                with(valid().kv_raw("odd", 99, &[0; 8])),
+                Want::Invalid,
+                "unknown value type 99",
+            ),
+            (
+                "bad bool",
+                with(valid().kv_raw("flag", T_BOOL, &[7])),
+                Want::Invalid,
+                "bool",
+            ),
+            (
+                "duplicate key",
+                with(valid().kv_u32("llama.context_length", 1)),
+                Want::Invalid,
+                "duplicate",
+            ),
+            (
+                "zero alignment",
+                with(valid().kv_u32("general.alignment", 0)),
+                Want::Invalid,
+                "alignment",
+            ),
+            (
+                "odd alignment",
+                with(valid().kv_u32("general.alignment", 48)),
+                Want::Invalid,
+                "power of two",
+            ),
+            (
+                "tensor past the end",
+                with(valid().tensor("big", &[1024, 1024], 0, 64)),
+                Want::Invalid,
+                "'big'",
+            ),
+            (
+                "tensor offset overflows",
+                with(valid().tensor("far", &[8], 0, u64::MAX - 31)),
+                Want::Invalid,
+                "'far'",
+            ),
+            (
+                "unknown ggml type",
+                with(valid().tensor("iq", &[256], 16, 0)),
+                Want::Invalid,
+                "ggml type 16",
+            ),
+            (
+                "five dimensions",
+                with(valid().tensor("t5", &[1, 1, 1, 1, 1], 0, 0)),
+                Want::Invalid,
+                "5 dimensions",
+            ),
+            (
+                "zero dimension",
+                with(valid().tensor("z", &[8, 0], 0, 0)),
+                Want::Invalid,
+                "'z'",
+            ),
+            (
+                "element count overflows",
+                with(valid().tensor("o", &[1 << 32, 1 << 32, 1 << 32], 0, 0)),
+                Want::Invalid,
+                "'o'",
+            ),
+            (
+                "row not a multiple of the block",
+                with(valid().tensor("q", &[33], 2, 0)),
+                Want::Invalid,
+                "block size",
+            ),
+            (
+                "misaligned offset",
+                with(valid().tensor("m", &[8], 0, 4)),
+                Want::Invalid,
+                "alignment",
+            ),
+            (
+                "duplicate tensor",
+                with(valid().tensor("w", &[8], 0, 0)),
+                Want::Invalid,
+                "twice",
+            ),
+            (
+                "unsupported architecture",
+                with(
+                    Builder {
+                        kvs: Vec::new(),
+                        n_kv: 0,
+                        ..valid()
+                    }
+                    .kv_str("general.architecture", "gemma3"),
+                ),
+                Want::Unsupported,
+                "gemma3",
+            ),
+            (
+                "architecture missing",
+                with(Builder {
+                    kvs: Vec::new(),
+                    n_kv: 0,
+                    ..valid()
+                }),
+                Want::Missing,
+                "general.architecture",
+            ),
+        ];
+        for (name, bytes, want, needle) in cases {
+            match open_bytes(&bytes).1 {
+                Ok(_) => panic!("{name}: opened"),
+                Err(e) => {
+                    assert_eq!(kind(&e), Some(want), "{name}: {e}");
+                    assert!(
+                        e.to_string().contains(needle),
+                        "{name}: '{e}' lacks '{needle}'"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every single-byte corruption of a small valid file's header is an error or a file
+    /// that opens; never a panic.
+    #[test]
+    fn corrupting_any_header_byte_never_panics() {
+        let good = valid().kv_str("tokenizer.chat_template", "{{ x }}").bytes();
+        let header_len = good.len() - 32;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        for i in 0..header_len {
+            for v in [0x00, 0xff, 0x80, good[i] ^ 0x01] {
+                let mut b = good.clone();
+                b[i] = v;
+                std::fs::write(&path, &b).unwrap();
+                let _ = GgufModelFile::open(&path);
+            }
+        }
     }
 }

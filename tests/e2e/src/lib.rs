@@ -28,14 +28,22 @@ pub fn model(file: &str) -> Option<PathBuf> {
         return Some(path);
     }
     if std::env::var("HEARTH_REQUIRE_MODELS").as_deref() == Ok("1") {
-        panic!("{} is missing; run ../shared/scripts/fetch-models", path.display());
+        panic!(
+            "{} is missing; run ../shared/scripts/fetch-models",
+            path.display()
+        );
     }
-    eprintln!("skipped: {} is missing; run ../shared/scripts/fetch-models", path.display());
+    eprintln!(
+        "skipped: {} is missing; run ../shared/scripts/fetch-models",
+        path.display()
+    );
     None
 }
 
 fn dirs_home() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/".into())
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/".into())
 }
 
 /// Where cargo put the binaries of this build (the test executable lives in `deps/` below).
@@ -141,7 +149,10 @@ impl Box_ {
         let mut res = self.agent.get(format!("{}{path}", self.base)).call()?;
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string()?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     pub fn post(&self, path: &str, body: &Value) -> Result<(u16, Value)> {
@@ -151,7 +162,10 @@ impl Box_ {
             .send_json(body)?;
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string()?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     /// Starts a streamed chat; returns the status and a reader of SSE `data:` payloads.
@@ -172,7 +186,11 @@ impl Box_ {
         std::fs::read_dir(format!("/proc/{pid}/task"))
             .ok()?
             .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
-            .flat_map(|c| c.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<i32>>())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<i32>>()
+            })
             .next()
     }
 

@@ -33,7 +33,14 @@ fn answers_plain_and_streamed_with_usage_and_same_seed_same_answer() {
     assert_eq!(models["data"][0]["hearth"]["state"], "ready");
 
     let (status, res) = b
-        .post("/v1/chat/completions", &chat(ID, "Give me three tips for sleeping better.", json!({ "temperature": 0, "max_tokens": 24 })))
+        .post(
+            "/v1/chat/completions",
+            &chat(
+                ID,
+                "Give me three tips for sleeping better.",
+                json!({ "temperature": 0, "max_tokens": 24 }),
+            ),
+        )
         .unwrap();
     assert_eq!(status, 200, "{res}");
     let answer = res["choices"][0]["message"]["content"].as_str().unwrap();
@@ -43,28 +50,49 @@ fn answers_plain_and_streamed_with_usage_and_same_seed_same_answer() {
     assert!(usage["prompt_tokens"].as_u64().unwrap() > 10);
     let completion_tokens = usage["completion_tokens"].as_u64().unwrap();
     assert!((1..=24).contains(&completion_tokens));
-    assert_eq!(usage["total_tokens"].as_u64().unwrap(), usage["prompt_tokens"].as_u64().unwrap() + completion_tokens);
+    assert_eq!(
+        usage["total_tokens"].as_u64().unwrap(),
+        usage["prompt_tokens"].as_u64().unwrap() + completion_tokens
+    );
 
     // The same request streamed gives the same greedy text, in several chunks.
     let (status, sse) = b
-        .stream(&chat(ID, "Give me three tips for sleeping better.", json!({ "temperature": 0, "max_tokens": 24, "stream": true })))
+        .stream(&chat(
+            ID,
+            "Give me three tips for sleeping better.",
+            json!({ "temperature": 0, "max_tokens": 24, "stream": true }),
+        ))
         .unwrap();
     assert_eq!(status, 200);
     let chunks = sse.collect().unwrap();
     assert_eq!(chunks.last().unwrap(), &Value::String("[DONE]".into()));
-    let deltas: Vec<&str> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).filter(|s| !s.is_empty()).collect();
+    let deltas: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .filter(|s| !s.is_empty())
+        .collect();
     assert!(deltas.len() > 3, "{deltas:?}");
     assert_eq!(deltas.concat(), answer);
     let last = &chunks[chunks.len() - 2];
     assert!(last["choices"][0]["finish_reason"].is_string());
-    assert_eq!(last["usage"]["completion_tokens"].as_u64().unwrap(), completion_tokens);
+    assert_eq!(
+        last["usage"]["completion_tokens"].as_u64().unwrap(),
+        completion_tokens
+    );
 
     // Sampling with a seed is repeatable; another seed (almost surely) is not identical.
     let sampled = |seed: u64| {
-        let body = chat(ID, "Write a short poem about the sea.", json!({ "temperature": 1.0, "max_tokens": 32, "seed": seed }));
+        let body = chat(
+            ID,
+            "Write a short poem about the sea.",
+            json!({ "temperature": 1.0, "max_tokens": 32, "seed": seed }),
+        );
         let (status, res) = b.post("/v1/chat/completions", &body).unwrap();
         assert_eq!(status, 200, "{res}");
-        res["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+        res["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     let first = sampled(11);
     assert_eq!(first, sampled(11));
@@ -72,7 +100,14 @@ fn answers_plain_and_streamed_with_usage_and_same_seed_same_answer() {
 
     // Stop strings end the answer before them.
     let (_, res) = b
-        .post("/v1/chat/completions", &chat(ID, "Give me three tips for sleeping better.", json!({ "temperature": 0, "max_tokens": 24, "stop": ["tips"] })))
+        .post(
+            "/v1/chat/completions",
+            &chat(
+                ID,
+                "Give me three tips for sleeping better.",
+                json!({ "temperature": 0, "max_tokens": 24, "stop": ["tips"] }),
+            ),
+        )
         .unwrap();
     let stopped = res["choices"][0]["message"]["content"].as_str().unwrap();
     assert_eq!(stopped, "Here are three ", "cut before the stop string");
@@ -84,15 +119,32 @@ fn a_prompt_longer_than_the_context_is_a_clear_400_and_the_box_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hearth.toml");
     std::fs::write(&config, "max_context = 256\n").unwrap();
-    let Some(b) = start(&[OsStr::new("--config"), config.as_os_str()]) else { return };
+    let Some(b) = start(&[OsStr::new("--config"), config.as_os_str()]) else {
+        return;
+    };
     let long = "tell me about the sea ".repeat(200);
-    let (status, res) = b.post("/v1/chat/completions", &chat(ID, &long, json!({}))).unwrap();
+    let (status, res) = b
+        .post("/v1/chat/completions", &chat(ID, &long, json!({})))
+        .unwrap();
     assert_eq!(status, 400, "{res}");
     assert_eq!(res["error"]["code"], "context_length_exceeded");
-    assert!(res["error"]["message"].as_str().unwrap().contains("256"), "{res}");
-    let (status, res) = b.post("/v1/chat/completions", &chat(ID, "Hi", json!({ "max_tokens": 250 }))).unwrap();
+    assert!(
+        res["error"]["message"].as_str().unwrap().contains("256"),
+        "{res}"
+    );
+    let (status, res) = b
+        .post(
+            "/v1/chat/completions",
+            &chat(ID, "Hi", json!({ "max_tokens": 250 })),
+        )
+        .unwrap();
     assert_eq!(status, 400, "prompt + 250 > 256: {res}");
-    let (status, _) = b.post("/v1/chat/completions", &chat(ID, "Hi", json!({ "max_tokens": 8 }))).unwrap();
+    let (status, _) = b
+        .post(
+            "/v1/chat/completions",
+            &chat(ID, "Hi", json!({ "max_tokens": 8 })),
+        )
+        .unwrap();
     assert_eq!(status, 200);
 }
 
@@ -108,23 +160,50 @@ fn truncated_and_non_gguf_files_are_refused_by_name_and_good_models_still_serve(
     let empty = dir.path().join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
     let Some(mut b) = start(&[
-        OsStr::new("--model"), truncated.as_os_str(),
-        OsStr::new("--model"), text.as_os_str(),
-        OsStr::new("--model"), empty.as_os_str(),
-    ]) else { return };
+        OsStr::new("--model"),
+        truncated.as_os_str(),
+        OsStr::new("--model"),
+        text.as_os_str(),
+        OsStr::new("--model"),
+        empty.as_os_str(),
+    ]) else {
+        return;
+    };
     let ready = b.wait_ready().unwrap();
-    let states: Vec<(String, String)> = ready["inference"]["models"].as_array().unwrap().iter()
-        .map(|m| (m["id"].as_str().unwrap().to_owned(), m["state"]["state"].as_str().unwrap().to_owned()))
+    let states: Vec<(String, String)> = ready["inference"]["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["state"]["state"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
-    assert!(states.contains(&(ID.to_owned(), "ready".to_owned())), "{states:?}");
-    for (id, why) in [("truncated", "damaged"), ("notes", "not a GGUF"), ("empty", "not a GGUF")] {
-        let (status, res) = b.post("/v1/chat/completions", &chat(id, "Hi", json!({}))).unwrap();
+    assert!(
+        states.contains(&(ID.to_owned(), "ready".to_owned())),
+        "{states:?}"
+    );
+    for (id, why) in [
+        ("truncated", "damaged"),
+        ("notes", "not a GGUF"),
+        ("empty", "not a GGUF"),
+    ] {
+        let (status, res) = b
+            .post("/v1/chat/completions", &chat(id, "Hi", json!({})))
+            .unwrap();
         assert_eq!(status, 422, "{id}: {res}");
         assert_eq!(res["error"]["code"], "model_unavailable");
         let message = res["error"]["message"].as_str().unwrap();
         assert!(message.contains(why), "{id}: {message}");
     }
-    let (status, _) = b.post("/v1/chat/completions", &chat(ID, "Hi", json!({ "max_tokens": 4 }))).unwrap();
+    let (status, _) = b
+        .post(
+            "/v1/chat/completions",
+            &chat(ID, "Hi", json!({ "max_tokens": 4 })),
+        )
+        .unwrap();
     assert_eq!(status, 200);
     assert!(b.child.try_wait().unwrap().is_none(), "hearthd is still up");
 }
@@ -135,36 +214,71 @@ fn kill_9_of_the_worker_ends_the_running_stream_with_an_error_and_the_next_reque
     let hearthd_pid = b.child.id();
     let worker = b.worker_pid().expect("hearthd has a worker child");
     let (status, mut sse) = b
-        .stream(&chat(ID, "Tell me a very long story about a lighthouse keeper.", json!({ "max_tokens": 2000, "stream": true, "temperature": 0.7 })))
+        .stream(&chat(
+            ID,
+            "Tell me a very long story about a lighthouse keeper.",
+            json!({ "max_tokens": 2000, "stream": true, "temperature": 0.7 }),
+        ))
         .unwrap();
     assert_eq!(status, 200);
     // Wait for real tokens, then kill the worker mid-answer.
     let mut tokens = 0;
     while tokens < 5 {
-        let data = sse.next_data().unwrap().expect("stream ended before any tokens");
+        let data = sse
+            .next_data()
+            .unwrap()
+            .expect("stream ended before any tokens");
         let v: Value = serde_json::from_str(&data).unwrap();
-        if v["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()) {
+        if v["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|s| !s.is_empty())
+        {
             tokens += 1;
         }
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(worker), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let rest = sse.collect().unwrap();
-    assert_eq!(rest.last().unwrap(), &Value::String("[DONE]".into()), "{rest:?}");
+    assert_eq!(
+        rest.last().unwrap(),
+        &Value::String("[DONE]".into()),
+        "{rest:?}"
+    );
     let error = &rest[rest.len() - 2];
     assert_eq!(error["error"]["type"], "server_error", "{rest:?}");
-    assert!(error["error"]["message"].as_str().unwrap().contains("try again"), "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("try again"),
+        "{error}"
+    );
 
     // hearthd stays up, restarts the worker, and the next request works.
     assert!(b.child.try_wait().unwrap().is_none());
     let started = Instant::now();
     let ready = b.wait_ready().unwrap();
-    assert!(ready["inference"]["restarts"].as_u64().unwrap() >= 1, "{ready}");
-    let (status, res) = b.post("/v1/chat/completions", &chat(ID, "Say hello.", json!({ "max_tokens": 8 }))).unwrap();
+    assert!(
+        ready["inference"]["restarts"].as_u64().unwrap() >= 1,
+        "{ready}"
+    );
+    let (status, res) = b
+        .post(
+            "/v1/chat/completions",
+            &chat(ID, "Say hello.", json!({ "max_tokens": 8 })),
+        )
+        .unwrap();
     assert_eq!(status, 200, "{res}");
     let new_worker = b.worker_pid().unwrap();
     assert_ne!(new_worker, worker);
     assert_eq!(b.child.id(), hearthd_pid);
-    eprintln!("worker back and answering {:?} after the kill", started.elapsed());
+    eprintln!(
+        "worker back and answering {:?} after the kill",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -177,7 +291,10 @@ fn sigterm_stops_hearthd_and_its_worker_cleanly() {
     while std::path::Path::new(&format!("/proc/{worker}")).exists()
         && std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| !s.contains(") Z"))
     {
-        assert!(start.elapsed() < Duration::from_secs(10), "worker {worker} outlived hearthd");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "worker {worker} outlived hearthd"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // A second start on the same data directory opens the same database.

@@ -31,12 +31,16 @@ fn ready_watchdog_and_stopping_are_sent_to_the_notify_socket() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let data = tempfile::tempdir().unwrap();
     let mut b = Box_::start_with_env(
         data,
         &[],
-        &[("NOTIFY_SOCKET", path.as_os_str()), ("WATCHDOG_USEC", OsStr::new("400000"))],
+        &[
+            ("NOTIFY_SOCKET", path.as_os_str()),
+            ("WATCHDOG_USEC", OsStr::new("400000")),
+        ],
     )
     .unwrap();
     receive_until(&sock, "READY=1", Duration::from_secs(10));

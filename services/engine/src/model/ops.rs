@@ -218,8 +218,21 @@ pub fn attention(q: &[f32], cache: &KvCache, start: usize, shape: AttnShape, out
     });
 }
 
+/// Query rows from which llama.cpp's CPU flash attention switches to its tiled f32 kernel.
+const TILED_MIN_ROWS: usize = 64;
+/// Key/value positions per tile of the tiled kernel.
+const KV_TILE: usize = 64;
+/// KV length (llama.cpp pads it to multiples of 256) from which a single-row query is split
+/// into two halves that are reduced afterwards (llama.cpp's split-KV decode, two threads).
+const SPLIT_KV_MIN: usize = 512;
+
 /// Attention for `heads` of every row; `outs` holds, per row, the output slice that starts
 /// at head `heads.start` (the whole row when that is 0).
+///
+/// Follows llama.cpp's CPU flash attention over an f16 cache: prompts of at least
+/// [`TILED_MIN_ROWS`] rows take the tiled kernel (f32 query, f32 accumulation, softmax
+/// rescaled per tile of [`KV_TILE`] keys); shorter batches and decoding take the vector kernel
+/// (query rounded to f16, online softmax, output accumulated in f16).
 fn attention_heads(
     q: &[f32],
     cache: &KvCache,
@@ -237,46 +250,169 @@ fn attention_heads(
     let group = n_head / n_head_kv;
     #[allow(clippy::cast_precision_loss)]
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut scores = Vec::new();
-    let mut q16 = vec![0f32; head_dim];
+    let tiled = outs.len() >= TILED_MIN_ROWS;
+    let single = outs.len() == 1;
+    let mut q_head = vec![0f32; head_dim];
+    let mut scratch = Vec::new();
+    let mut partial = vec![0f32; head_dim];
     for (i, out_row) in outs.iter_mut().enumerate() {
         let ctx = start + i + 1;
         let q_row = &q[i * n_head * head_dim..(i + 1) * n_head * head_dim];
         for h in heads.clone() {
             let local = h - heads.start;
             let o = &mut out_row[local * head_dim..(local + 1) * head_dim];
-            let kvh = h / group;
-            // llama.cpp converts Q to the cache's f16 before the dot products.
-            for (d, &s) in q16.iter_mut().zip(&q_row[h * head_dim..(h + 1) * head_dim]) {
+            let kv = KvHead {
+                cache,
+                kv_dim,
+                offset: (h / group) * head_dim,
+                head_dim,
+            };
+            let q_src = &q_row[h * head_dim..(h + 1) * head_dim];
+            if tiled {
+                q_head.copy_from_slice(q_src);
+                attend_tiled(&q_head, kv, ctx, scale, &mut scratch, o);
+                continue;
+            }
+            // The vector kernel converts Q to the cache's f16 before the dot products.
+            for (d, &s) in q_head.iter_mut().zip(q_src) {
                 *d = round_to_f16(s);
             }
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..ctx {
-                let k = &cache.k[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
-                let s = dot(&q16, k) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0f64;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += f64::from(*s);
-            }
-            #[allow(clippy::cast_possible_truncation)]
-            let inv = (1.0 / sum) as f32;
-            o.fill(0.0);
-            for (j, &p) in scores.iter().enumerate() {
-                let v = &cache.v[j * kv_dim + kvh * head_dim..j * kv_dim + (kvh + 1) * head_dim];
-                for (acc, &vv) in o.iter_mut().zip(v) {
-                    *acc += p * vv;
-                }
-            }
-            for acc in o.iter_mut() {
-                *acc *= inv;
+            let n_kv = ctx.next_multiple_of(256);
+            if single && n_kv >= SPLIT_KV_MIN {
+                // Two chunks of n_kv/2 cells, each with its own online softmax, then merged.
+                let half = n_kv / 2;
+                let (m0, s0) = attend_vec(&q_head, kv, 0..half.min(ctx), scale, o);
+                let (m1, s1) = attend_vec(&q_head, kv, half.min(ctx)..ctx, scale, &mut partial);
+                merge_partials(o, (m0, s0), &partial, (m1, s1));
+            } else {
+                let (_, sum) = attend_vec(&q_head, kv, 0..ctx, scale, o);
+                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+                o.iter_mut().for_each(|v| *v *= inv);
             }
         }
     }
+}
+
+/// One key/value head of a layer's cache.
+#[derive(Clone, Copy)]
+struct KvHead<'a> {
+    cache: &'a KvCache,
+    kv_dim: usize,
+    offset: usize,
+    head_dim: usize,
+}
+
+impl KvHead<'_> {
+    fn k(&self, j: usize) -> &[f32] {
+        let at = j * self.kv_dim + self.offset;
+        &self.cache.k[at..at + self.head_dim]
+    }
+
+    fn v(&self, j: usize) -> &[f32] {
+        let at = j * self.kv_dim + self.offset;
+        &self.cache.v[at..at + self.head_dim]
+    }
+}
+
+/// ggml's vector flash-attention kernel over `range`: online softmax, the running output
+/// kept in f16 (rounded after every scale and multiply-add). Leaves the unnormalised output
+/// in `o` and returns the running max and sum.
+fn attend_vec(
+    q: &[f32],
+    kv: KvHead<'_>,
+    range: std::ops::Range<usize>,
+    scale: f32,
+    o: &mut [f32],
+) -> (f32, f32) {
+    o.fill(0.0);
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+    for j in range {
+        let s = dot(q, kv.k(j)) * scale;
+        let (mut ms, mut vs) = (1f32, 1f32);
+        if s > max {
+            ms = (max - s).exp();
+            max = s;
+            for acc in o.iter_mut() {
+                *acc = round_to_f16(*acc * ms);
+            }
+        } else {
+            vs = (s - max).exp();
+        }
+        for (acc, &v) in o.iter_mut().zip(kv.v(j)) {
+            // One fused multiply-add in f32, then the f16 store.
+            #[allow(clippy::cast_possible_truncation)]
+            let fma = (f64::from(v) * f64::from(vs) + f64::from(*acc)) as f32;
+            *acc = round_to_f16(fma);
+        }
+        sum = sum * ms + vs;
+    }
+    (max, sum)
+}
+
+/// Merges two unnormalised partial results (llama.cpp's split-KV reduction) into `a`,
+/// normalised.
+fn merge_partials(a: &mut [f32], (ma, sa): (f32, f32), b: &[f32], (mb, sb): (f32, f32)) {
+    let (mut m, mut s) = (f32::NEG_INFINITY, 0f32);
+    let mut acc = vec![0f32; a.len()];
+    for (part, mc, sc) in [(&*a, ma, sa), (b, mb, sb)] {
+        if sc == 0.0 {
+            continue;
+        }
+        let m_new = m.max(mc);
+        let (scale_old, scale_new) = ((m - m_new).exp(), (mc - m_new).exp());
+        for (x, &p) in acc.iter_mut().zip(part) {
+            *x = *x * scale_old + p * scale_new;
+        }
+        s = s * scale_old + sc * scale_new;
+        m = m_new;
+    }
+    let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+    for (dst, x) in a.iter_mut().zip(acc) {
+        *dst = x * inv;
+    }
+}
+
+/// ggml's tiled flash-attention kernel for one query row over positions `0..ctx`: f32
+/// throughout, the softmax max and sum updated once per tile of [`KV_TILE`] keys.
+fn attend_tiled(
+    q: &[f32],
+    kv: KvHead<'_>,
+    ctx: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    o: &mut [f32],
+) {
+    o.fill(0.0);
+    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+    for tile in (0..ctx).step_by(KV_TILE) {
+        let end = (tile + KV_TILE).min(ctx);
+        scores.clear();
+        scores.extend((tile..end).map(|j| dot(q, kv.k(j)) * scale));
+        let tile_max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let new_max = max.max(tile_max);
+        if new_max > max {
+            let ms = (max - new_max).exp();
+            o.iter_mut().for_each(|v| *v *= ms);
+            sum *= ms;
+        }
+        max = new_max;
+        let mut tile_sum = 0f64;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            tile_sum += f64::from(*s);
+        }
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            sum += tile_sum as f32;
+        }
+        for (j, &p) in (tile..end).zip(scores.iter()) {
+            for (acc, &v) in o.iter_mut().zip(kv.v(j)) {
+                *acc += p * v;
+            }
+        }
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    o.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// Dot product with eight independent accumulators (vectorises in release builds).

@@ -212,8 +212,11 @@ impl Transformer {
         let mut attn = vec![0f32; rows * hp.n_head * hp.head_dim];
         for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
             ops::rms_norm(&hidden, &layer.attn_norm, hp.rms_eps, &mut normed);
-            let [mut q, mut k, mut v] =
-                take(matmul_shared(&[&layer.wq, &layer.wk, &layer.wv], &normed, rows)?)?;
+            let [mut q, mut k, mut v] = take(matmul_shared(
+                &[&layer.wq, &layer.wk, &layer.wv],
+                &normed,
+                rows,
+            )?)?;
             for (x, b) in [
                 (&mut q, &layer.bq),
                 (&mut k, &layer.bk),
