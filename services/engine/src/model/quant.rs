@@ -1,12 +1,12 @@
 //! Matrix products over quantized weights, matching ggml's CPU arithmetic.
 //!
-//! For Q4_1 and Q5_0 (and, in tests, Q4_0 and Q8_0) the engine has its own kernels:
+//! For the 32-element block formats (Q4_0, Q4_1, Q5_0, Q8_0) the engine has its own kernels:
 //! activations are quantized as ggml's x86 `quantize_row_q8_0`/`q8_1` do (scale `amax/127`
 //! rounded to f16, values rounded to nearest-even, and for Q8_1 the block sum `f16(d * Σq)`),
 //! then integer block dot products are scaled and summed. candle's own Q8_1 quantization
 //! rounds the block sum through f16 twice (ggml rounds `d * Σq` once), and its Q4_1 and
-//! Q5_0 kernels are scalar, so these formats do not go through candle. Other formats (Q4_0, Q8_0, the K-quants,
-//! floats) use candle's `QMatMul`, whose activation quantization matches ggml's.
+//! Q5_0 kernels are scalar, so these formats do not go through candle. The K-quants and
+//! float formats use candle's `QMatMul`.
 //!
 //! Work is split across candle's persistent CPU pool in chunks of weight rows; one call can
 //! run several matrices that share an input (q/k/v, gate/up), quantizing that input once.
@@ -318,9 +318,16 @@ fn dot_i8(x: &[i8; QK], y: &[i8; QK]) -> i32 {
     acc.iter().sum()
 }
 
-/// Formats the engine multiplies itself. candle's AVX2 kernels for Q4_0 and Q8_0 quantize
-/// activations as ggml does and are faster than these portable ones, so those stay with candle.
-const ENGINE_KERNEL_TYPES: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q5_0];
+/// Formats the engine multiplies itself. candle's AVX2 kernels for Q4_0 and Q8_0 are not
+/// much faster here, and its activation rounding (`1/d`, ties away from zero) differs from
+/// ggml's x86 code (`127/amax`, ties to even): with candle for Q8_0, Qwen2.5's greedy output
+/// left llama.cpp's at a non-tie in one golden case.
+const ENGINE_KERNEL_TYPES: &[GgmlDType] = &[
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q8_0,
+];
 
 enum Kernel {
     Blocks(Blocks),
