@@ -5,13 +5,17 @@
 //! for llama, whose GGUF q/k weights are stored permuted for it; NEOX halves for qwen2), the
 //! q/k/v biases qwen2 carries, and whether the output projection is tied to the embeddings.
 //!
-//! The matrix products run on candle's quantized kernels (`QMatMul`), weights stay quantized,
-//! token embeddings included (only the looked-up rows are dequantized). Norms, RoPE, attention
-//! and the KV cache are plain Rust over `f32` slices, written to follow ggml's arithmetic:
-//! RMS sums in `f64`, the RoPE angle advanced by repeated multiplication, and K/V rounded to
-//! `f16` on their way into the cache as llama.cpp's default f16 cache does.
+//! The matrix products run on the engine's kernels for the 32-block formats and on candle's
+//! `QMatMul` for the K-quants ([`quant`]); weights stay quantized, token embeddings included
+//! (only the looked-up rows are dequantized). Norms, RoPE, attention and the KV cache are plain
+//! Rust over `f32` slices ([`ops`]), written to follow ggml's CPU arithmetic: RMS sums in `f64`,
+//! the RoPE angle advanced by repeated multiplication, K/V rounded to f16 in the cache, and
+//! attention as llama.cpp's flash attention computes it (tiled f32 kernel for batches of 64+
+//! rows; otherwise f16 query, online softmax and an f16 accumulator, with decoding split in two
+//! halves from 512 cached positions on).
 //!
-//! Current limits: CPU only, one sequence, no RoPE scaling other than linear.
+//! Current limits: CPU only, one sequence, no RoPE scaling other than linear; the kernels are
+//! portable Rust (SSE2 on x86-64 without target features), so they trail llama.cpp's.
 use crate::gguf::GgufModelFile;
 use crate::{EngineConfig, EngineError, Result};
 
