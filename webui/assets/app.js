@@ -1,160 +1,122 @@
-// Hearth chat page: pick a model, send a message, watch the answer stream in, stop it.
-// Plain JavaScript, no dependencies; text is only ever inserted with textContent.
-"use strict";
+// Hearth's web UI: a single page. Asks the box who is signed in, then shows setup, login, or
+// the app with its pages (chat, models, system, settings) chosen by the URL's #fragment.
+// Plain JavaScript modules from this box; nothing is loaded from anywhere else.
 
-const $ = (id) => document.getElementById(id);
-const els = {
-  model: $("model"), log: $("log"), form: $("composer"), prompt: $("prompt"),
-  send: $("send"), stop: $("stop"), notice: $("notice"), newChat: $("new-chat"),
+import { api, setCsrf, whenUnauthenticated } from "./api.js";
+import { h, fill } from "./dom.js";
+import { setupPage, loginPage } from "./auth.js";
+import { chatPage } from "./chat.js";
+
+const view = document.getElementById("view");
+const bar = document.getElementById("bar");
+const session = { user: null, boxName: "Hearth" };
+let current = null; // { name, unmount }
+
+// Pages other than chat load on first visit, which keeps the chat page's first load small.
+const pages = {
+  chat: async () => chatPage,
+  models: async () => (await import("./models.js")).modelsPage,
+  system: async () => (await import("./system.js")).systemPage,
+  settings: async () => (await import("./settings.js")).settingsPage,
 };
-let history = [];        // the conversation sent with each request
-let running = null;      // AbortController of the answer being streamed
 
-function notice(text) {
-  els.notice.textContent = text || "";
-  els.notice.hidden = !text;
+function unmount() {
+  if (current && current.unmount) current.unmount();
+  current = null;
 }
 
-function addMessage(role, text) {
-  const li = document.createElement("li");
-  li.className = "msg " + role;
-  const body = document.createElement("span");
-  body.className = "body";
-  body.textContent = text;
-  li.appendChild(body);
-  els.log.appendChild(li);
-  li.scrollIntoView({ block: "end" });
-  return li;
+function parseHash() {
+  const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
+  const name = parts[0] in pages ? parts[0] : "chat";
+  return { name, rest: parts.slice(1) };
 }
 
-function setMeta(li, text) {
-  const meta = document.createElement("span");
-  meta.className = "meta";
-  meta.textContent = text;
-  li.appendChild(meta);
+async function route() {
+  if (!session.user) return;
+  const { name, rest } = parseHash();
+  for (const a of bar.querySelectorAll("nav a")) {
+    if (a.dataset.page === name) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
+  }
+  // The chat page handles moves between its own conversations without a re-render.
+  if (current && current.name === name && current.navigate) return current.navigate(rest);
+  unmount();
+  const ctx = { session, rest, refreshSession };
+  let page;
+  try { page = await (await pages[name]())(ctx); } catch (e) {
+    fill(view, h("p", { class: "status error", text: "This page could not load: " + e.message }));
+    return;
+  }
+  if (parseHash().name !== name) { if (page.unmount) page.unmount(); return; }
+  fill(view, page.el);
+  current = { name, ...page };
+  document.title = (page.title || name[0].toUpperCase() + name.slice(1)) + " · " + session.boxName;
 }
 
-async function loadModels() {
+function showApp() {
+  bar.hidden = false;
+  document.getElementById("who").textContent =
+    session.user.name + (session.user.role === "owner" ? " (owner)" : "");
+  document.getElementById("box-name").textContent = session.boxName;
+  if (location.pathname !== "/") history.replaceState(null, "", "/" + location.hash);
+  route();
+}
+
+function showGate(page) {
+  unmount();
+  bar.hidden = true;
+  fill(view, page.el);
+  document.title = page.title + " · Hearth";
+  const first = view.querySelector("input");
+  if (first) first.focus();
+}
+
+/** Signed in (setup or login finished): remember the person and their CSRF token. */
+function signedIn(user, csrf) {
+  session.user = user;
+  setCsrf(csrf);
+  loadBoxName();
+  showApp();
+}
+
+async function loadBoxName() {
   try {
-    const res = await fetch("/v1/models");
-    const body = await res.json();
-    if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
-    els.model.textContent = "";
-    for (const m of body.data) {
-      const opt = document.createElement("option");
-      opt.value = m.id;
-      const state = m.hearth ? m.hearth.state : "ready";
-      opt.textContent = state === "ready" ? m.id : m.id + " (" + state + ")";
-      opt.disabled = state === "failed";
-      els.model.appendChild(opt);
+    const s = await api("GET", "/api/settings");
+    if (s && s.box_name) {
+      session.boxName = s.box_name;
+      document.getElementById("box-name").textContent = s.box_name;
     }
-    const loading = body.data.some((m) => m.hearth && m.hearth.state === "loading");
-    if (body.data.length === 0) notice("No models are installed yet.");
-    else if (loading) { notice("Loading models…"); setTimeout(loadModels, 1000); }
-    else notice("");
-  } catch (e) {
-    notice("The box is starting up… (" + e.message + ")");
-    setTimeout(loadModels, 2000);
+  } catch { /* the name is decoration */ }
+}
+
+async function refreshSession() {
+  let s;
+  try { s = await api("GET", "/api/session"); } catch (e) {
+    fill(view, h("p", { class: "status error", text: "The box is not answering (" + e.message + "). Retrying…" }));
+    setTimeout(refreshSession, 2000);
+    return;
+  }
+  setCsrf(s.csrf);
+  if (s.setup_needed) {
+    session.user = null;
+    showGate(setupPage({ done: signedIn }));
+  } else if (!s.user) {
+    session.user = null;
+    showGate(loginPage({ done: signedIn }));
+  } else {
+    signedIn(s.user, s.csrf);
   }
 }
 
-function setRunning(controller) {
-  running = controller;
-  els.send.hidden = !!controller;
-  els.stop.hidden = !controller;
-  els.prompt.disabled = !!controller;
-  if (!controller) els.prompt.focus();
-}
+whenUnauthenticated(() => { if (session.user) { session.user = null; refreshSession(); } });
 
-// Reads an SSE body and calls onData with each `data:` payload.
-async function readSse(body, onData) {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const block = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      const data = block.split("\n").filter((l) => l.startsWith("data:"))
-        .map((l) => l.slice(5).replace(/^ /, "")).join("\n");
-      if (data) onData(data);
-    }
-  }
-}
+document.getElementById("logout").addEventListener("click", async () => {
+  unmount();
+  try { await api("POST", "/api/logout"); } catch { /* the session is gone either way */ }
+  session.user = null;
+  location.hash = "";
+  refreshSession();
+});
 
-async function ask(text) {
-  history.push({ role: "user", content: text });
-  addMessage("user", text);
-  const li = addMessage("assistant", "");
-  li.setAttribute("aria-busy", "true");
-  const body = li.querySelector(".body");
-  const controller = new AbortController();
-  setRunning(controller);
-  let answer = "";
-  let finished = null;
-  try {
-    const res = await fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ model: els.model.value, messages: history, stream: true }),
-      signal: controller.signal,
-    });
-    if (!res.ok) {
-      const err = await res.json().catch(() => ({}));
-      throw new Error(err.error ? err.error.message : res.statusText);
-    }
-    await readSse(res.body, (data) => {
-      if (data === "[DONE]") return;
-      const chunk = JSON.parse(data);
-      if (chunk.error) throw new Error(chunk.error.message);
-      const choice = chunk.choices && chunk.choices[0];
-      if (choice && choice.delta && choice.delta.content) {
-        answer += choice.delta.content;
-        body.textContent = answer;
-        li.scrollIntoView({ block: "end" });
-      }
-      if (choice && choice.finish_reason) finished = chunk;
-    });
-    if (finished && finished.timings) {
-      const t = finished.timings;
-      setMeta(li, finished.usage.completion_tokens + " tokens · " +
-        t.predicted_per_second.toFixed(1) + " tokens/s");
-    }
-  } catch (e) {
-    if (e.name === "AbortError") {
-      setMeta(li, "stopped");
-    } else {
-      li.classList.add("error");
-      setMeta(li, "Error: " + e.message);
-    }
-  } finally {
-    li.removeAttribute("aria-busy");
-    li.dataset.done = finished ? "finished" : "stopped";
-    if (answer) history.push({ role: "assistant", content: answer });
-    else history.pop();
-    setRunning(null);
-  }
-}
-
-els.form.addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  const text = els.prompt.value.trim();
-  if (!text || running || !els.model.value) return;
-  els.prompt.value = "";
-  ask(text);
-});
-els.prompt.addEventListener("keydown", (ev) => {
-  if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); els.form.requestSubmit(); }
-});
-els.stop.addEventListener("click", () => { if (running) running.abort(); });
-els.newChat.addEventListener("click", () => {
-  if (running) running.abort();
-  history = [];
-  els.log.textContent = "";
-  els.prompt.focus();
-});
-loadModels();
+window.addEventListener("hashchange", route);
+refreshSession();

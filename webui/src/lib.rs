@@ -25,6 +25,13 @@ macro_rules! assets {
 assets! {
     "index.html" => "text/html; charset=utf-8",
     "app.js" => "text/javascript; charset=utf-8",
+    "api.js" => "text/javascript; charset=utf-8",
+    "dom.js" => "text/javascript; charset=utf-8",
+    "auth.js" => "text/javascript; charset=utf-8",
+    "chat.js" => "text/javascript; charset=utf-8",
+    "models.js" => "text/javascript; charset=utf-8",
+    "system.js" => "text/javascript; charset=utf-8",
+    "settings.js" => "text/javascript; charset=utf-8",
     "style.css" => "text/css; charset=utf-8",
     "icon.svg" => "image/svg+xml",
 }
@@ -58,6 +65,54 @@ mod tests {
         }
     }
 
+    /// Every `./x.js` a module imports and every `/assets/x` the page names is in the table, so
+    /// a file added to `assets/` but not to the table fails here rather than in a browser.
+    #[test]
+    fn every_referenced_file_is_served() {
+        let mut checked = 0;
+        for (name, a) in ASSETS {
+            let text = std::str::from_utf8(a.bytes).unwrap_or("");
+            for (pat, end) in [("\"./", '"'), ("\"/assets/", '"')] {
+                for (i, _) in text.match_indices(pat) {
+                    let rest = &text[i + pat.len()..];
+                    let Some(len) = rest.find(end) else { continue };
+                    let file = &rest[..len];
+                    assert!(
+                        asset(file).is_some(),
+                        "{name} refers to {file}, not in the table"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 10, "found only {checked} references");
+    }
+
+    /// The only HTML the UI inserts is a message's server-sanitized `html`, in chat.js.
+    #[test]
+    fn only_chat_js_inserts_html() {
+        for (name, a) in ASSETS {
+            let text = std::str::from_utf8(a.bytes).unwrap_or("");
+            for risky in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+            ] {
+                let n = text.matches(risky).count();
+                let allowed = usize::from(*name == "chat.js" && risky == "innerHTML");
+                assert!(n <= allowed, "{name} uses {risky} {n} times");
+            }
+            // (An SVG's xmlns is a name, not a load.)
+            let text = text.replace("xmlns=\"http://www.w3.org/2000/svg\"", "");
+            assert!(
+                !text.contains("http://") && !text.contains("https://"),
+                "{name} names an outside address"
+            );
+        }
+    }
+
     #[test]
     fn the_page_loads_only_local_scripts_and_styles() {
         let html = std::str::from_utf8(asset("index.html").unwrap().bytes).unwrap();
@@ -65,6 +120,10 @@ mod tests {
         assert!(
             !html.contains("<script>"),
             "no inline scripts: the CSP forbids them"
+        );
+        assert!(
+            !html.contains(" style="),
+            "no inline styles: the CSP forbids them"
         );
     }
 }

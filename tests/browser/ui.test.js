@@ -1,0 +1,343 @@
+// Hearth's web UI in real headless Chromium against the real hearthd and the real SmolLM2 model:
+// setup with the code, a streamed answer arriving token by token, stop, reload, regenerate,
+// rename/search/delete, the people and token settings, logout, keyboard-only login, a member who
+// cannot see the owner's conversation, every page at 360 px without horizontal overflow, light
+// and dark, and the chat page's weight on first load.
+//
+// Run with tests/browser/run (it installs chromium and playwright-core first).
+
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { repo, setupCode, startBrowser, startHearth } from "./hearth.js";
+
+const OWNER = { name: "Ada", password: "correct horse battery" };
+const MEMBER = { name: "Ben", password: "member password 1" };
+const shots = path.join(repo, "target/browser-screenshots");
+const PAGES = ["#/chat", "#/models", "#/system", "#/settings"];
+
+let box, browser, page;
+const problems = []; // page errors and CSP violations seen during the run
+let ownerConversation = null;
+
+/** Every element must fit the viewport, except inside something that scrolls or clips it. */
+async function overflow(p) {
+  return p.evaluate(() => {
+    const width = window.innerWidth;
+    const out = [];
+    const doc = document.scrollingElement.scrollWidth;
+    if (doc > width) out.push("document scrollWidth " + doc + " > " + width);
+    const clips = (el) => {
+      for (let a = el.parentElement; a; a = a.parentElement) {
+        const o = getComputedStyle(a).overflowX;
+        if (o === "auto" || o === "scroll" || o === "hidden" || o === "clip") {
+          if (a.tagName !== "MAIN") return true;
+        }
+      }
+      return false;
+    };
+    for (const el of document.body.querySelectorAll("*")) {
+      const r = el.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0) continue;
+      if (getComputedStyle(el).position === "absolute" && el.closest(".sr-only,.offscreen,.skip")) continue;
+      if ((r.right > width + 1 || r.left < -1) && !clips(el)) {
+        out.push(el.tagName.toLowerCase() + (el.id ? "#" + el.id : "") + (el.className ? "." + String(el.className).replace(/ /g, ".") : "") +
+          " spans " + Math.round(r.left) + ".." + Math.round(r.right));
+      }
+    }
+    const main = document.querySelector("main");
+    if (main.scrollWidth > main.clientWidth) out.push("main scrollWidth " + main.scrollWidth + " > " + main.clientWidth);
+    return out;
+  });
+}
+
+async function narrowCheck(name) {
+  const old = page.viewportSize();
+  await page.setViewportSize({ width: 360, height: 740 });
+  await page.waitForTimeout(150);
+  fs.mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: path.join(shots, name + "-360.png"), fullPage: true });
+  const bad = await overflow(page);
+  await page.setViewportSize(old);
+  assert.deepEqual(bad, [], name + " overflows at 360 px");
+}
+
+async function go(hash) {
+  await page.evaluate((h) => { location.hash = h; }, hash);
+  await page.locator("main .page, main .chat").first().waitFor();
+  await page.waitForLoadState("networkidle").catch(() => {});
+}
+
+async function login(who) {
+  await page.getByLabel("Name", { exact: true }).fill(who.name);
+  await page.getByLabel("Password", { exact: true }).fill(who.password);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.locator("#who").filter({ hasText: who.name }).waitFor();
+}
+
+async function logout() {
+  await page.getByRole("button", { name: "Log out" }).click();
+  await page.getByRole("heading", { name: "Log in" }).waitFor();
+}
+
+/** Sends `text` and records every text the answer shows while it streams (a MutationObserver). */
+async function sendAndWatch(text) {
+  await page.evaluate(() => {
+    window.__states = [];
+    const log = document.getElementById("log");
+    window.__observer = new MutationObserver(() => {
+      const li = log.querySelector(".msg.assistant.streaming:last-child");
+      if (!li) return;
+      const t = li.querySelector(".body").textContent;
+      if (t && window.__states[window.__states.length - 1] !== t) window.__states.push(t);
+    });
+    window.__observer.observe(log, { subtree: true, childList: true, characterData: true });
+  });
+  await page.locator("#prompt").fill(text);
+  await page.locator("#prompt").press("Enter");
+}
+
+describe("the web UI in Chromium", { timeout: 600_000 }, () => {
+  before(async () => {
+    box = await startHearth();
+    browser = await startBrowser();
+    page = await browser.context.newPage();
+    page.on("pageerror", (e) => problems.push("page error: " + e.message));
+    page.on("console", (m) => {
+      // Failed requests (401 before login, 404 probes) are logged by Chromium too; those are fine.
+      if (m.type() === "error" && !/Failed to load resource/.test(m.text())) problems.push("console: " + m.text());
+    });
+  });
+
+  after(async () => {
+    if (browser) await browser.close();
+    if (box) {
+      if (process.exitCode) console.error(box.log());
+      await box.stop();
+    }
+  });
+
+  test("first boot shows only setup; a wrong code is refused, the right one makes the owner", async () => {
+    const res = await page.goto(box.base + "/");
+    assert.equal(res.status(), 200);
+    await page.getByRole("heading", { name: "Set up Hearth" }).waitFor();
+    await narrowCheck("setup");
+    await page.getByLabel("Setup code").fill("not-the-code");
+    await page.getByLabel("Your name").fill(OWNER.name);
+    await page.getByLabel("Password (at least 8 characters)").fill(OWNER.password);
+    await page.getByLabel("Password again").fill(OWNER.password);
+    await page.getByRole("button", { name: "Create owner account" }).click();
+    await page.getByText("That setup code is not right.").waitFor();
+    await page.getByLabel("Setup code").fill(await setupCode(box));
+    await page.getByRole("button", { name: "Create owner account" }).click();
+    await page.locator("#who").filter({ hasText: OWNER.name + " (owner)" }).waitFor();
+    await page.locator("#prompt").waitFor();
+  });
+
+  test("an answer streams in token by token, then shows tokens/s", async () => {
+    await page.locator("#model option").first().waitFor({ state: "attached" });
+    await sendAndWatch("Write a short story about a lighthouse keeper.");
+    const answer = page.locator("#log .msg.assistant").last();
+    // While streaming, the Stop button replaces Send.
+    await page.locator("#stop").waitFor({ state: "visible" });
+    await answer.and(page.locator("[data-state=done]")).waitFor({ timeout: 300_000 });
+    const states = await page.evaluate(() => { window.__observer.disconnect(); return window.__states; });
+    assert.ok(states.length >= 3, "saw " + states.length + " intermediate states: " + JSON.stringify(states));
+    for (let i = 1; i < states.length; i++) {
+      assert.ok(states[i].startsWith(states[i - 1]) && states[i].length > states[i - 1].length,
+        "each state extends the one before: " + JSON.stringify(states.slice(i - 1, i + 1)));
+    }
+    assert.match(await answer.locator(".meta").textContent(), /\d+ tokens · \d+\.\d tokens\/s/);
+    assert.ok((await answer.locator(".body").textContent()).trim().length > 0);
+    await page.locator("#send").waitFor({ state: "visible" });
+    // The first message titled the conversation; the URL names it.
+    ownerConversation = await page.evaluate(() => location.hash.split("/")[2]);
+    assert.match(ownerConversation, /^\w+$/);
+    await page.locator(".conv-list a[aria-current=page]").waitFor();
+  });
+
+  test("stop ends the answer and keeps what arrived", async () => {
+    await sendAndWatch("Count from 1 to 1000, one number per line.");
+    const answer = page.locator("#log .msg.assistant").last();
+    await page.waitForFunction(() => (window.__states || []).length >= 3, null, { timeout: 120_000 });
+    await page.locator("#stop").click();
+    await answer.and(page.locator("[data-state=stopped]")).waitFor();
+    // The page then shows the stored (stopped) answer, rendered, with its id for Regenerate.
+    await page.locator("#log .msg.assistant:last-child[data-state=stopped]:not([data-id=''])").waitFor();
+    const text = await answer.locator(".body").textContent();
+    assert.ok(text.length > 0);
+    await page.waitForTimeout(800);
+    assert.equal(await answer.locator(".body").textContent(), text, "nothing arrives after stop");
+    assert.match(await answer.locator(".meta").textContent(), /stopped/);
+    await page.locator("#send").waitFor({ state: "visible" });
+    assert.equal(await page.locator("#stop").isVisible(), false);
+  });
+
+  test("reload shows the conversation, the stopped answer marked as such", async () => {
+    await page.waitForTimeout(500); // the box stores the stopped answer when it sees the close
+    await page.reload();
+    await page.locator("#log .msg").nth(3).waitFor();
+    assert.equal(await page.locator("#log .msg.user").count(), 2);
+    assert.equal(await page.locator("#log .msg.assistant").count(), 2);
+    assert.match(await page.locator("#log .msg.assistant").last().locator(".meta").textContent(), /stopped/);
+    assert.match(await page.locator("#log .msg.assistant").first().locator(".meta").textContent(), /tokens\/s/);
+    assert.ok(await page.locator(".conv-list a[aria-current=page]").count() === 1);
+  });
+
+  test("regenerate replaces the last answer", async () => {
+    const before = await page.locator("#log .msg.assistant").last().getAttribute("data-id");
+    await page.getByRole("button", { name: "Regenerate" }).click();
+    const answer = page.locator("#log .msg.assistant").last();
+    await answer.and(page.locator("[data-state=done]")).waitFor({ timeout: 300_000 });
+    assert.notEqual(await answer.getAttribute("data-id"), before);
+    assert.equal(await page.locator("#log .msg.assistant").count(), 2);
+  });
+
+  test("rename, search by title, and delete conversations", async () => {
+    await page.getByRole("button", { name: "Rename" }).click();
+    await page.getByLabel("New title").fill("Lighthouse notes");
+    await page.getByLabel("New title").press("Enter");
+    await page.locator("#conv-title").filter({ hasText: "Lighthouse notes" }).waitFor();
+    await page.locator(".conv-list a").filter({ hasText: "Lighthouse notes" }).waitFor();
+    // A second conversation to delete.
+    await page.getByRole("link", { name: "New chat" }).click();
+    await sendAndWatch("Say hello.");
+    await page.locator("#log .msg.assistant[data-state=done]").waitFor({ timeout: 300_000 });
+    assert.equal(await page.locator(".conv-list a").count(), 2);
+    await page.getByLabel("Search conversations by title").fill("lighthouse");
+    await page.waitForFunction(() => document.querySelectorAll(".conv-list a").length === 1);
+    await page.getByLabel("Search conversations by title").fill("");
+    await page.waitForFunction(() => document.querySelectorAll(".conv-list a").length === 2);
+    page.once("dialog", (d) => d.accept());
+    await page.getByRole("button", { name: "Delete" }).click();
+    await page.waitForFunction(() => document.querySelectorAll(".conv-list a").length === 1);
+    await page.locator("#conv-title").filter({ hasText: "New chat" }).waitFor();
+  });
+
+  test("code blocks get a copy button; model HTML is shown as text", async () => {
+    // The box renders Markdown; a message's `html` went through its sanitizer.
+    const html = await page.evaluate(async (id) => {
+      const r = await fetch("/api/conversations/" + id);
+      return (await r.json()).messages.map((m) => m.html || "").join("");
+    }, ownerConversation);
+    assert.ok(!/<script/i.test(html));
+    await page.locator(".conv-list a").first().click();
+    const codeBlocks = await page.locator("#log .msg.assistant pre").count();
+    assert.equal(await page.locator("#log .code .copy").count(), codeBlocks);
+  });
+
+  test("settings: add a person, create a token shown once, box name", async () => {
+    await go("#/settings");
+    const add = page.locator("#add-person");
+    await add.getByLabel("Name").fill(MEMBER.name);
+    await add.getByLabel("Password (at least 8 characters)").fill(MEMBER.password);
+    await add.getByRole("button", { name: "Add person" }).click();
+    await page.locator("#people li").filter({ hasText: MEMBER.name }).waitFor();
+    await page.getByLabel("Token name").fill("laptop");
+    await page.getByRole("button", { name: "Create token" }).click();
+    const token = await page.locator(".once code.token").textContent();
+    assert.match(token, /^hearth_/);
+    await page.locator("#tokens li").filter({ hasText: "laptop" }).waitFor();
+    // The token works on /v1 as a Bearer token.
+    const r = await fetch(box.base + "/v1/models", { headers: { Authorization: "Bearer " + token } });
+    assert.equal(r.status, 200);
+  });
+
+  test("every page fits a 360 px phone, in light and in dark", async () => {
+    for (const scheme of ["light", "dark"]) {
+      await page.emulateMedia({ colorScheme: scheme });
+      for (const hash of [...PAGES, "#/chat/" + ownerConversation]) {
+        await go(hash);
+        await narrowCheck(scheme + "-" + hash.replace(/[#/]+/g, "-").replace(/^-/, ""));
+      }
+    }
+    const bg = async (scheme) => {
+      await page.emulateMedia({ colorScheme: scheme });
+      return page.evaluate(() => getComputedStyle(document.body).backgroundColor);
+    };
+    assert.notEqual(await bg("light"), await bg("dark"));
+    await page.emulateMedia({ colorScheme: "light" });
+  });
+
+  test("the pages show the box's state", async () => {
+    await go("#/models");
+    await page.locator(".model h3").filter({ hasText: "SmolLM2" }).first().waitFor();
+    await go("#/system");
+    await page.locator("#system-facts dt").filter({ hasText: "Memory" }).waitFor();
+    await page.locator("#logs li").first().waitFor();
+  });
+
+  test("logout, then a keyboard-only login", async () => {
+    await go("#/chat");
+    await logout();
+    await narrowCheck("login");
+    // Signed out, the box answers 401 to the API.
+    const status = await page.evaluate(async () => (await fetch("/api/conversations")).status);
+    assert.equal(status, 401);
+    // The login form takes the focus; Tab leads from name to password, Enter submits.
+    assert.equal(await page.evaluate(() => document.activeElement.getAttribute("autocomplete")), "username");
+    await page.keyboard.type(OWNER.name);
+    await page.keyboard.press("Tab");
+    await page.keyboard.type(OWNER.password);
+    await page.keyboard.press("Enter");
+    await page.locator("#who").filter({ hasText: OWNER.name }).waitFor();
+    // Focus is visible.
+    await page.keyboard.press("Tab");
+    const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    assert.notEqual(outline, "none");
+    await logout();
+  });
+
+  test("a member sees only their own conversations", async () => {
+    await login(MEMBER);
+    await go("#/chat");
+    await page.locator(".conv-list li").first().waitFor();
+    assert.equal(await page.locator(".conv-list a").count(), 0);
+    await go("#/chat/" + ownerConversation);
+    await page.getByText("There is no such conversation.").waitFor();
+    const status = await page.evaluate(async (id) => (await fetch("/api/conversations/" + id)).status, ownerConversation);
+    assert.equal(status, 404);
+    // Members do not get the owner's parts of the pages.
+    await go("#/settings");
+    assert.equal(await page.locator("#people").count(), 0);
+    await logout();
+  });
+
+  test("the chat page is light: KB transferred on first load", async () => {
+    await login(OWNER);
+    const p = await browser.context.newPage();
+    const cdp = await browser.context.newCDPSession(p);
+    await cdp.send("Network.enable");
+    await cdp.send("Network.setCacheDisabled", { cacheDisabled: true });
+    const urls = new Map();
+    const sizes = new Map();
+    cdp.on("Network.requestWillBeSent", (e) => urls.set(e.requestId, e.request.url));
+    cdp.on("Network.loadingFinished", (e) => sizes.set(e.requestId, e.encodedDataLength));
+    await p.goto(box.base + "/#/chat");
+    await p.locator("#prompt").waitFor();
+    await p.waitForLoadState("networkidle");
+    await p.close();
+    let assets = 0, api = 0;
+    const lines = [];
+    for (const [id, n] of sizes) {
+      const url = new URL(urls.get(id) || "http://x/?");
+      if (url.pathname.startsWith("/api/")) api += n; else assets += n;
+      lines.push(url.pathname + url.search + " " + n);
+    }
+    const kb = (n) => (n / 1024).toFixed(1) + " KB";
+    const report = "chat page first load: " + kb(assets + api) + " transferred (" + kb(assets) +
+      " page and assets, " + kb(api) + " API), " + sizes.size + " requests\n" + lines.sort().join("\n") + "\n";
+    fs.mkdirSync(shots, { recursive: true });
+    fs.writeFileSync(path.join(shots, "page-weight.txt"), report);
+    console.log(report);
+    assert.ok(assets > 1000, "the page loaded: " + report);
+    assert.ok(assets + api < 100 * 1024, "the chat page stays under 100 KB: " + report);
+    assert.ok(![...urls.values()].some((u) => !u.startsWith(box.base)), "nothing is loaded from elsewhere");
+    await logout();
+  });
+
+  test("no script errors or CSP violations", () => {
+    assert.deepEqual(problems, []);
+  });
+});
