@@ -1,0 +1,146 @@
+//! Serving an axum [`Router`] over HTTPS (rustls through tokio-rustls, HTTP/1.1 through
+//! hyper), with a graceful shutdown on a watch signal.
+//!
+//! Why tokio-rustls + hyper-util and not axum-server: this is ~100 lines we control — a
+//! handshake timeout, a header-read timeout, a connection cap and the same graceful-shutdown
+//! signal as every other task — built from the crates axum itself sits on, with nothing
+//! extra to audit or to wait on when axum or rustls move. (axum-server would do the same with
+//! one more dependency that has lagged behind axum releases.)
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt as _;
+
+use crate::Error;
+
+/// Limits for the HTTPS server.
+#[derive(Debug, Clone)]
+pub struct HttpsOptions {
+    /// A client that has not finished the TLS handshake by then is dropped.
+    pub handshake_timeout: Duration,
+    /// A client that has not sent a request's headers by then is dropped.
+    pub header_timeout: Duration,
+    /// Connections served at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// After the shutdown signal, how long open connections may finish their requests.
+    pub grace: Duration,
+}
+
+impl Default for HttpsOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(30),
+            max_connections: 512,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Marks a request that arrived over HTTPS (in the request's extensions), for handlers that
+/// set `Secure` cookies.
+#[derive(Debug, Clone, Copy)]
+pub struct OverHttps;
+
+/// Serves `app` over TLS on `listener` until `shutdown` turns true; then stops accepting, lets
+/// open connections finish for `options.grace`, and returns. Each request carries
+/// [`ConnectInfo<SocketAddr>`] (the peer) and [`OverHttps`] in its extensions. Bad clients —
+/// garbage bytes, stalled handshakes, stalled headers — cost only their own connection.
+pub async fn serve_https(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    options: HttpsOptions,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    let local = listener
+        .local_addr()
+        .map_err(|source| Error::Accept { addr: None, source })?;
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = crate::stopped(&mut shutdown) => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::warn!(addr:% = local, error:% = e; "HTTPS accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = crate::stopped(&mut shutdown) => break,
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        let options = options.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let stream =
+                match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        log::debug!(peer:% = peer, error:% = e; "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        log::debug!(peer:% = peer; "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req.extensions_mut().insert(OverHttps);
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {})) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(options.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
+                log::debug!(peer:% = peer, error:% = e; "HTTPS connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(options.grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log::warn!(addr:% = local; "HTTPS connections still open after the grace period; closing them");
+    }
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// Binds `addr` for [`serve_https`] (or for the plain-HTTP side).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Accept {
+            addr: Some(addr),
+            source,
+        })
+}
