@@ -78,9 +78,7 @@ pub fn check_disk(path: &Path, needed: u64, reserve: u64) -> Result<()> {
 /// Refuses with the numbers when `needed` bytes of memory are not available.
 pub fn check_memory(source: &MemorySource, needed: u64) -> Result<()> {
     match source.available() {
-        Some(available) if needed > available => {
-            Err(StoreError::DoesNotFit { needed, available })
-        }
+        Some(available) if needed > available => Err(StoreError::DoesNotFit { needed, available }),
         _ => Ok(()),
     }
 }

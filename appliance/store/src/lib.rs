@@ -322,7 +322,11 @@ impl Store {
 
     /// Checks that `size` more bytes fit on the disk (keeping the reserve free).
     pub fn check_disk(&self, size: u64) -> Result<()> {
-        fit::check_disk(&self.inner.config.root, size, self.inner.config.disk_reserve)
+        fit::check_disk(
+            &self.inner.config.root,
+            size,
+            self.inner.config.disk_reserve,
+        )
     }
 
     /// Validates a `--model` file and reads its facts (it stays where it is).
@@ -366,7 +370,8 @@ impl Store {
                 if total > size {
                     return Err(StoreError::TooLarge { size });
                 }
-                file.write_all(&buf[..n]).map_err(StoreError::io(&partial))?;
+                file.write_all(&buf[..n])
+                    .map_err(StoreError::io(&partial))?;
                 hasher.update(&buf[..n]);
                 copied.store(total, Ordering::Relaxed);
                 if first {
@@ -425,8 +430,7 @@ impl Store {
             durable::fault(crash_at, FaultPoint::Renamed);
             durable::sync_dir(&blobs)?;
             durable::fault(crash_at, FaultPoint::DirSynced);
-            let inserted =
-                lock(&self.inner.catalogue).insert(name, digest, &facts, source, now());
+            let inserted = lock(&self.inner.catalogue).insert(name, digest, &facts, source, now());
             if let Err(e) = inserted {
                 let _ = durable::remove_if_exists(&blob);
                 let _ = durable::sync_dir(&blobs);

@@ -179,7 +179,12 @@ mod tests {
         ] {
             assert!(validate_name(name).is_err(), "{name:?} was accepted");
         }
-        for name in ["SmolLM2-135M-Instruct.Q4_1", "qwen2.5", "a", &"x".repeat(64)] {
+        for name in [
+            "SmolLM2-135M-Instruct.Q4_1",
+            "qwen2.5",
+            "a",
+            &"x".repeat(64),
+        ] {
             validate_name(name).unwrap();
         }
     }
@@ -191,7 +196,15 @@ mod tests {
             "SmolLM2-135M--Q4-"
         );
         assert_eq!(name_from_filename(".x.gguf").unwrap(), "x");
-        for f in ["../x.gguf", "a/b.gguf", "a\\b.gguf", "/x.gguf", "x\0.gguf", ".gguf", "%%"] {
+        for f in [
+            "../x.gguf",
+            "a/b.gguf",
+            "a\\b.gguf",
+            "/x.gguf",
+            "x\0.gguf",
+            ".gguf",
+            "%%",
+        ] {
             // "%%" becomes "--", which is fine; the others must fail.
             if f == "%%" {
                 assert_eq!(name_from_filename(f).unwrap(), "--");
@@ -227,7 +240,13 @@ mod tests {
         let id = new_id();
         validate_id(&id).unwrap();
         assert_ne!(id, new_id());
-        for bad in ["", "../x", &"A".repeat(32), &"a".repeat(31), &"a".repeat(33)] {
+        for bad in [
+            "",
+            "../x",
+            &"A".repeat(32),
+            &"a".repeat(31),
+            &"a".repeat(33),
+        ] {
             assert!(validate_id(bad).is_err());
         }
     }
