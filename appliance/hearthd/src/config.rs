@@ -33,6 +33,17 @@ pub struct Config {
     pub restart_backoff_initial_ms: u64,
     /// Longest delay between worker restarts, in milliseconds.
     pub restart_backoff_max_ms: u64,
+    /// The file holding the setup code (on a real box: printed on its label, kept on the boot
+    /// or data partition). Created with a fresh code when missing. Default:
+    /// `<data_dir>/setup-code`.
+    pub setup_code_file: Option<PathBuf>,
+    /// How long a browser session lasts without use, in hours.
+    pub session_idle_hours: u64,
+    /// Extra host names this box answers to (besides localhost, its IP addresses and its
+    /// mDNS name); requests with any other `Host` are refused (DNS-rebinding defence).
+    pub host_names: Vec<String>,
+    /// Longest time a client may take to send a request body, in seconds.
+    pub request_body_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -48,6 +59,10 @@ impl Default for Config {
             max_tokens_limit: 32 * 1024,
             restart_backoff_initial_ms: 250,
             restart_backoff_max_ms: 30_000,
+            setup_code_file: None,
+            session_idle_hours: 24 * 14,
+            host_names: Vec::new(),
+            request_body_timeout_secs: 30,
         }
     }
 }
@@ -91,6 +106,12 @@ impl Config {
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("hearth.db")
+    }
+
+    pub fn setup_code_path(&self) -> PathBuf {
+        self.setup_code_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("setup-code"))
     }
 
     pub fn worker_socket(&self) -> PathBuf {

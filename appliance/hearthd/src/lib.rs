@@ -5,11 +5,13 @@
 //! talks to systemd ([`notify`]). It never runs model math: that happens in the worker
 //! process, so a crash or out-of-memory kill there cannot take the box down.
 //!
-//! Current limits: models come from `--model` paths (dev mode); no accounts or TLS yet.
 
+pub mod accounts;
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod durable;
 pub mod inference;
 pub mod logging;
 pub mod notify;
@@ -57,6 +59,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Accounts(#[from] accounts::AccountError),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -101,17 +105,42 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             source,
         })?;
     let local = listener.local_addr().map_err(Error::Serve)?;
+    let accounts = Arc::new(prepare_accounts(&config, &db).await?);
+    let box_name = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.setting("box_name"))
+            .await
+            .map_err(|e| Error::Serve(std::io::Error::other(e)))??
+            .unwrap_or_else(|| "hearth".to_owned())
+    };
+    let hosts: api::AllowedHosts = Arc::new(std::sync::RwLock::new(
+        config
+            .host_names
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .chain([format!("{box_name}.local")])
+            .collect(),
+    ));
+    let (box_name, _) = watch::channel(box_name);
     let state = api::AppState {
         config: Arc::new(config),
         db,
         inference: Arc::new(inference::WorkerClient::new(socket)),
         worker: health,
+        accounts,
+        hosts,
+        box_name: Arc::new(box_name),
+        started: std::time::Instant::now(),
     };
     log::info!(data_dir:? = data_dir, url = format!("http://{local}/"); "hearthd is serving");
     notify::ready();
 
     let mut stop = shutdown.clone();
-    let server = axum::serve(listener, api::app(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(
+        listener,
+        api::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
         let _ = stop.wait_for(|s| *s).await;
     });
     let mut stop = shutdown;
@@ -130,6 +159,31 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let _ = watchdog.await;
     log::info!("stopped");
     Ok(())
+}
+
+/// Loads (or creates and logs) the setup code while the box has no owner.
+async fn prepare_accounts(config: &Config, db: &db::Db) -> Result<api::Accounts, Error> {
+    let db = db.clone();
+    let path = config.setup_code_path();
+    let code = tokio::task::spawn_blocking(move || {
+        if db.owner_exists()? {
+            return Ok(None);
+        }
+        let (code, created) = accounts::load_or_create_setup_code(&path)?;
+        let shown: String = code
+            .as_bytes()
+            .chunks(4)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join("-");
+        log::info!(setup_code = shown.as_str(), file:? = path, created = created;
+                   "this box is not set up yet: open it in a browser and enter the setup code");
+        Ok::<_, Error>(Some(code))
+    })
+    .await
+    .map_err(|e| Error::Serve(std::io::Error::other(e)))??;
+    let session_idle = Duration::from_secs(config.session_idle_hours.max(1) * 3600);
+    Ok(api::Accounts::new(code, false, session_idle))
 }
 
 fn prepare_data_dir(dir: &std::path::Path) -> Result<(), Error> {

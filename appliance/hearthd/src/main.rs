@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hearthd::Config;
 
 /// Hearth: an offline AI box. hearthd serves the web UI and the OpenAI-compatible API, and
@@ -27,10 +27,71 @@ struct Cli {
     /// A GGUF model file to serve; its id is the file name without extension. Repeatable.
     #[arg(long = "model", value_name = "FILE")]
     models: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Provision the box without a browser (scripts, tests). Works while it runs, too.
+    #[command(subcommand)]
+    Admin(Admin),
+}
+
+#[derive(Subcommand)]
+enum Admin {
+    /// Create the owner account; the password is read from standard input.
+    CreateOwner {
+        /// The box's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// The owner's name.
+        #[arg(long)]
+        name: String,
+        /// Read the password from standard input (one line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Create an API token for a person and print it (it is shown only this once).
+    CreateToken {
+        /// The box's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Whose token it is.
+        #[arg(long)]
+        user: String,
+        /// A name for the token, e.g. the script that uses it.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn admin(command: Admin) -> anyhow::Result<()> {
+    match command {
+        Admin::CreateOwner { data_dir, name, .. } => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            hearthd::admin::create_owner(&data_dir, &name, password)?;
+            eprintln!("owner '{name}' created");
+        }
+        Admin::CreateToken {
+            data_dir,
+            user,
+            name,
+        } => {
+            let token = hearthd::admin::create_token(&data_dir, &user, &name)?;
+            println!("{token}");
+        }
+    }
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Admin(command)) = cli.command {
+        return admin(command);
+    }
     hearthd::logging::init();
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,

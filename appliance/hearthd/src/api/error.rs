@@ -17,6 +17,10 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub param: Option<&'static str>,
+    /// Seconds for `Retry-After` on 429/503 (2 when unset).
+    pub retry_after: Option<u64>,
+    /// Adds `WWW-Authenticate: Bearer` (a 401 on a token route).
+    pub bearer_challenge: bool,
 }
 
 impl ApiError {
@@ -26,6 +30,8 @@ impl ApiError {
             code,
             message: message.into(),
             param: None,
+            retry_after: None,
+            bearer_challenge: false,
         }
     }
 
@@ -80,9 +86,15 @@ impl IntoResponse for ApiError {
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
+            let secs = self.retry_after.unwrap_or(2);
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.bearer_challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -17,9 +17,9 @@ use crate::db::Db;
 use crate::inference::{EventStream, Inference, InferenceError};
 
 /// Answers every chat with the words of the last message, one event each.
-struct FakeInference {
+pub(super) struct FakeInference {
     up: bool,
-    seen: Mutex<Vec<ChatRequest>>,
+    pub(super) seen: Mutex<Vec<ChatRequest>>,
 }
 
 #[async_trait::async_trait]
@@ -106,7 +106,7 @@ impl Inference for FakeInference {
     }
 }
 
-fn state_with(up: bool) -> (AppState, Arc<FakeInference>, tempfile::TempDir) {
+pub(super) fn state_with(up: bool) -> (AppState, Arc<FakeInference>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(&dir.path().join("hearth.db")).unwrap();
     let fake = Arc::new(FakeInference {
@@ -123,14 +123,68 @@ fn state_with(up: bool) -> (AppState, Arc<FakeInference>, tempfile::TempDir) {
         db,
         inference: fake.clone(),
         worker: Default::default(),
+        accounts: Arc::new(super::Accounts::new(
+            Some(SETUP_CODE.into()),
+            false,
+            Duration::from_secs(3600),
+        )),
+        hosts: Arc::new(std::sync::RwLock::new(["hearth.local".to_owned()].into())),
+        box_name: Arc::new(tokio::sync::watch::channel("hearth".to_owned()).0),
+        started: std::time::Instant::now(),
     };
     (state, fake, dir)
 }
 
+/// The setup code the test boxes start with.
+pub(super) const SETUP_CODE: &str = "ABCD2345WXYZ";
+/// An API token the tests provision for the owner, as `hearthd admin create-token` would.
+pub(super) const TEST_TOKEN: &str = "hearth_testtokentesttokentesttokentesttokentesttok";
+
+/// A box whose owner exists and holds [`TEST_TOKEN`].
+fn provisioned(state: &AppState) {
+    let hash = crate::accounts::hash_password("owner password").unwrap();
+    let crate::db::Created::Done(owner) = state
+        .db
+        .create_user("owner", crate::db::Role::Owner, &hash)
+        .unwrap()
+    else {
+        panic!("owner exists")
+    };
+    state
+        .db
+        .create_token(owner.id, "tests", &crate::accounts::secret_hash(TEST_TOKEN))
+        .unwrap();
+}
+
+pub(super) fn test_state(up: bool) -> (AppState, Arc<FakeInference>, tempfile::TempDir) {
+    let (state, fake, dir) = state_with(up);
+    provisioned(&state);
+    (state, fake, dir)
+}
+
+/// Sends a request as a well-behaved client: `Host: localhost`, and the test token on `/v1`.
 async fn send(
     state: &AppState,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    if req.uri().path().starts_with("/v1") && !req.headers().contains_key(header::AUTHORIZATION) {
+        req.headers_mut().insert(
+            header::AUTHORIZATION,
+            format!("Bearer {TEST_TOKEN}").parse().unwrap(),
+        );
+    }
+    send_raw(state, req).await
+}
+
+/// Sends a request with only the headers given (plus `Host: localhost` when none).
+pub(super) async fn send_raw(
+    state: &AppState,
+    mut req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    if !req.headers().contains_key(header::HOST) {
+        req.headers_mut()
+            .insert(header::HOST, "localhost:8080".parse().unwrap());
+    }
     let res = app(state.clone()).oneshot(req).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
@@ -157,7 +211,7 @@ fn chat(model: &str, extra: Value) -> Request<Body> {
     post_json(body.to_string())
 }
 
-fn error_code(body: &[u8]) -> String {
+pub(super) fn error_code(body: &[u8]) -> String {
     let v: Value = serde_json::from_slice(body).unwrap();
     assert!(
         v["error"]["message"]
@@ -171,7 +225,7 @@ fn error_code(body: &[u8]) -> String {
 
 #[tokio::test]
 async fn plain_completion_has_openai_shape_and_usage() {
-    let (state, _, _dir) = state_with(true);
+    let (state, _, _dir) = test_state(true);
     let (status, _, body) = send(&state, chat("echo", json!({}))).await;
     assert_eq!(status, StatusCode::OK);
     let v: Value = serde_json::from_slice(&body).unwrap();
@@ -185,7 +239,7 @@ async fn plain_completion_has_openai_shape_and_usage() {
 
 #[tokio::test]
 async fn streamed_completion_is_sse_ending_in_done_with_usage_in_the_final_chunk() {
-    let (state, _, _dir) = state_with(true);
+    let (state, _, _dir) = test_state(true);
     let (status, headers, body) = send(&state, chat("echo", json!({ "stream": true }))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -218,7 +272,7 @@ async fn streamed_completion_is_sse_ending_in_done_with_usage_in_the_final_chunk
 
 #[tokio::test]
 async fn a_worker_dying_mid_stream_ends_the_stream_with_an_error_event() {
-    let (state, _, _dir) = state_with(true);
+    let (state, _, _dir) = test_state(true);
     let (status, _, body) = send(&state, chat("dies", json!({ "stream": true }))).await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8(body).unwrap();
@@ -239,7 +293,7 @@ async fn a_worker_dying_mid_stream_ends_the_stream_with_an_error_event() {
 
 #[tokio::test]
 async fn bad_requests_get_4xx_with_openai_error_bodies() {
-    let (state, fake, _dir) = state_with(true);
+    let (state, fake, _dir) = test_state(true);
     let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
         (
             post_json("{not json"),
@@ -365,7 +419,7 @@ async fn bad_requests_get_4xx_with_openai_error_bodies() {
 
 #[tokio::test]
 async fn parameters_reach_the_engine_as_given() {
-    let (state, fake, _dir) = state_with(true);
+    let (state, fake, _dir) = test_state(true);
     let extra = json!({ "max_tokens": 7, "temperature": 0, "top_k": 3, "seed": 42, "stop": "END",
                         "messages": [{ "role": "system", "content": "Be brief." },
                                      { "role": "user", "content": [{ "type": "text", "text": "hi" }] }] });
@@ -384,7 +438,7 @@ async fn parameters_reach_the_engine_as_given() {
 
 #[tokio::test]
 async fn an_oversized_body_gets_413() {
-    let (state, _, _dir) = state_with(true);
+    let (state, _, _dir) = test_state(true);
     let big = format!(
         r#"{{"model":"echo","messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(100 * 1024)
@@ -396,7 +450,7 @@ async fn an_oversized_body_gets_413() {
 
 #[tokio::test]
 async fn models_are_listed_with_their_state() {
-    let (state, _, _dir) = state_with(true);
+    let (state, _, _dir) = test_state(true);
     let (status, _, body) = send(
         &state,
         Request::get("/v1/models").body(Body::empty()).unwrap(),
@@ -413,8 +467,8 @@ async fn models_are_listed_with_their_state() {
 
 #[tokio::test]
 async fn readiness_follows_the_inference_service_and_liveness_does_not() {
-    let (up, _, _d1) = state_with(true);
-    let (down, _, _d2) = state_with(false);
+    let (up, _, _d1) = test_state(true);
+    let (down, _, _d2) = test_state(false);
     let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
     assert_eq!(send(&up, get("/readyz")).await.0, StatusCode::OK);
     let (status, _, body) = send(&down, get("/readyz")).await;
@@ -431,7 +485,7 @@ async fn readiness_follows_the_inference_service_and_liveness_does_not() {
 
 #[tokio::test]
 async fn the_chat_page_and_its_assets_are_served_with_security_headers() {
-    let (state, _, _dir) = state_with(true);
+    let (state, _, _dir) = test_state(true);
     let (status, headers, body) =
         send(&state, Request::get("/").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);

@@ -12,11 +12,23 @@ use rusqlite::Connection;
 
 use crate::Error;
 
+mod accounts;
+mod conversations;
+
+pub use accounts::{Created, Role, SessionRow, TokenRow, User, UserRow};
+pub use conversations::{Conversation, ConversationPatch, Message};
+
 /// The migrations, in order; the position + 1 is the schema version after applying it.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_settings",
-    include_str!("../migrations/0001_settings.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_settings",
+        include_str!("../../migrations/0001_settings.sql"),
+    ),
+    (
+        "0002_accounts",
+        include_str!("../../migrations/0002_accounts.sql"),
+    ),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
@@ -91,7 +103,25 @@ impl Db {
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
+    /// Runs `f` inside one transaction: all of it is committed, or none of it.
+    pub(crate) fn transaction<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T, Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let run = |conn: &mut Connection| {
+            let tx = conn.transaction()?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        };
+        run(&mut conn).map_err(|source| Error::Database {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, Error> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         f(&conn).map_err(|source| Error::Database {
             path: self.path.clone(),
