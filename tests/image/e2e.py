@@ -298,7 +298,7 @@ def chat(http: Http, token: str | None, timeout: float = 600) -> tuple[str, floa
     status, body = http.post("/v1/chat/completions", {
         "model": MODEL_ID,
         "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": 12,
+        "max_tokens": 6,
         "temperature": 0,
     }, headers=headers, timeout=timeout)
     dt = time.monotonic() - t0
@@ -423,8 +423,8 @@ def main() -> int:
             wait_ready(http, vm, 300, model_ready=True)
 
         with Phase("chat answer"):
-            text, dt = chat(http, token)
-            log(f"   answer in {dt:.1f} s: {text!r}")
+            first_answer, dt = chat(http, token)
+            log(f"   answer in {dt:.1f} s: {first_answer!r}")
 
         with Phase("reboot"):
             vm.sock.sendall(b"systemctl reboot\n")
@@ -453,6 +453,8 @@ def main() -> int:
             expect(MODEL_ID in ids, f"model missing after reboot: {ids}")
             text, dt = chat(http, token)
             log(f"   answer in {dt:.1f} s: {text!r}")
+            # temperature 0, same model, same binary: the same answer as before the reboot.
+            expect(text == first_answer, f"answer changed across the reboot: {text!r}")
 
         with Phase("power cut during a model import"):
             vm.wait_shell(120)
