@@ -218,7 +218,7 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
   test("code blocks get a copy button; model HTML is shown as text", async () => {
     // The box renders Markdown; a message's `html` went through its sanitizer.
     const html = await page.evaluate(async (id) => {
-      const r = await fetch("/api/conversations/" + id);
+      const r = await fetch("/ui/conversations/" + id);
       return (await r.json()).messages.map((m) => m.html || "").join("");
     }, ownerConversation);
     assert.ok(!/<script/i.test(html));
@@ -273,7 +273,7 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
     await logout();
     await narrowCheck("login");
     // Signed out, the box answers 401 to the API.
-    const status = await page.evaluate(async () => (await fetch("/api/conversations")).status);
+    const status = await page.evaluate(async () => (await fetch("/ui/conversations")).status);
     assert.equal(status, 401);
     // The login form takes the focus; Tab leads from name to password, Enter submits.
     assert.equal(await page.evaluate(() => document.activeElement.getAttribute("autocomplete")), "username");
@@ -296,7 +296,7 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
     assert.equal(await page.locator(".conv-list a").count(), 0);
     await go("#/chat/" + ownerConversation);
     await page.getByText("There is no such conversation.").waitFor();
-    const status = await page.evaluate(async (id) => (await fetch("/api/conversations/" + id)).status, ownerConversation);
+    const status = await page.evaluate(async (id) => (await fetch("/ui/conversations/" + id)).status, ownerConversation);
     assert.equal(status, 404);
     // Members do not get the owner's parts of the pages.
     await go("#/settings");
@@ -322,7 +322,7 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
     const lines = [];
     for (const [id, n] of sizes) {
       const url = new URL(urls.get(id) || "http://x/?");
-      if (url.pathname.startsWith("/api/")) api += n; else assets += n;
+      if (url.pathname.startsWith("/ui/")) api += n; else assets += n;
       lines.push(url.pathname + url.search + " " + n);
     }
     const kb = (n) => (n / 1024).toFixed(1) + " KB";

@@ -1,4 +1,4 @@
-// Talks to the box's /api routes with the session cookie and the session's CSRF token.
+// Talks to the box's /ui routes with the session cookie and the session's CSRF token.
 // Errors come back as ApiError with the server's stable `code`.
 
 let csrf = null;

@@ -81,7 +81,7 @@ function signedIn(user, csrf) {
 
 async function loadBoxName() {
   try {
-    const s = await api("GET", "/api/settings");
+    const s = await api("GET", "/ui/settings");
     if (s && s.box_name) {
       session.boxName = s.box_name;
       document.getElementById("box-name").textContent = s.box_name;
@@ -91,7 +91,7 @@ async function loadBoxName() {
 
 async function refreshSession() {
   let s;
-  try { s = await api("GET", "/api/session"); } catch (e) {
+  try { s = await api("GET", "/ui/session"); } catch (e) {
     fill(view, h("p", { class: "status error", text: "The box is not answering (" + e.message + "). Retrying…" }));
     setTimeout(refreshSession, 2000);
     return;
@@ -112,7 +112,7 @@ whenUnauthenticated(() => { if (session.user) { session.user = null; refreshSess
 
 document.getElementById("logout").addEventListener("click", async () => {
   unmount();
-  try { await api("POST", "/api/logout"); } catch { /* the session is gone either way */ }
+  try { await api("POST", "/ui/logout"); } catch { /* the session is gone either way */ }
   session.user = null;
   location.hash = "";
   refreshSession();

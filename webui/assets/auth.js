@@ -38,7 +38,7 @@ export function setupPage({ done }) {
     [code, name, pw, pw2], "Create owner account", async (status) => {
       if (pw.input.value !== pw2.input.value) { status.set("The two passwords differ.", true); return; }
       try {
-        const r = await api("POST", "/api/setup", {
+        const r = await api("POST", "/ui/setup", {
           code: code.input.value.trim(), name: name.input.value.trim(), password: pw.input.value });
         done(r.user, r.csrf);
       } catch (e) {
@@ -54,7 +54,7 @@ export function loginPage({ done }) {
   const pw = field("Password", { name: "password", type: "password", autocomplete: "current-password", required: true });
   return gate("Log in", null, [name, pw], "Log in", async (status) => {
     try {
-      const r = await api("POST", "/api/login", { name: name.input.value.trim(), password: pw.input.value });
+      const r = await api("POST", "/ui/login", { name: name.input.value.trim(), password: pw.input.value });
       done(r.user, r.csrf);
     } catch (e) {
       if (e.code === "invalid_credentials") status.set("Wrong name or password.", true);

@@ -48,7 +48,7 @@ export async function chatPage(ctx) {
   async function loadList() {
     const q = search.value.trim();
     try {
-      const r = await api("GET", "/api/conversations" + (q ? "?q=" + encodeURIComponent(q) : ""));
+      const r = await api("GET", "/ui/conversations" + (q ? "?q=" + encodeURIComponent(q) : ""));
       fill(list, r.conversations.map((c) => h("li", {},
         h("a", { href: "#/chat/" + c.id, "data-id": c.id, "aria-current": conv && conv.id === c.id ? "page" : null,
           text: c.title || "Untitled" }))));
@@ -143,7 +143,7 @@ export async function chatPage(ctx) {
       return;
     }
     try {
-      const r = await api("GET", "/api/conversations/" + encodeURIComponent(id));
+      const r = await api("GET", "/ui/conversations/" + encodeURIComponent(id));
       conv = r.conversation;
       title.textContent = conv.title || "Untitled";
       renameBtn.hidden = deleteBtn.hidden = saveOpts.hidden = false;
@@ -175,7 +175,7 @@ export async function chatPage(ctx) {
 
   async function ensureConversation() {
     if (conv) return conv;
-    const r = await api("POST", "/api/conversations", {
+    const r = await api("POST", "/ui/conversations", {
       model: modelSel.value || undefined,
       system_prompt: sysPrompt.value.trim() || undefined,
     });
@@ -196,7 +196,7 @@ export async function chatPage(ctx) {
     let finished = false;
     try {
       const c = await ensureConversation();
-      await stream("/api/conversations/" + encodeURIComponent(c.id) + "/messages", body, controller.signal, (ev) => {
+      await stream("/ui/conversations/" + encodeURIComponent(c.id) + "/messages", body, controller.signal, (ev) => {
         if (ev.type === "user" && userLi) setMessage(userLi, ev.message);
         else if (ev.type === "delta") {
           answer += ev.text;
@@ -232,7 +232,7 @@ export async function chatPage(ctx) {
   async function refreshIds(answerLi) {
     try {
       await new Promise((r) => setTimeout(r, 300));
-      const r = await api("GET", "/api/conversations/" + encodeURIComponent(conv.id));
+      const r = await api("GET", "/ui/conversations/" + encodeURIComponent(conv.id));
       const last = r.messages[r.messages.length - 1];
       if (last && last.role === "assistant" && answerLi.isConnected && !running) {
         setMessage(answerLi, last);
@@ -278,7 +278,7 @@ export async function chatPage(ctx) {
   // ---- conversation settings, rename, delete
   async function patch(fields, status) {
     try {
-      const r = await api("PATCH", "/api/conversations/" + encodeURIComponent(conv.id), fields);
+      const r = await api("PATCH", "/ui/conversations/" + encodeURIComponent(conv.id), fields);
       conv = r.conversation;
       return true;
     } catch (e) { status.set(e.message, true); return false; }
@@ -311,7 +311,7 @@ export async function chatPage(ctx) {
   deleteBtn.addEventListener("click", async () => {
     if (!conv || !confirm("Delete “" + (conv.title || "Untitled") + "”? This cannot be undone.")) return;
     try {
-      await api("DELETE", "/api/conversations/" + encodeURIComponent(conv.id));
+      await api("DELETE", "/ui/conversations/" + encodeURIComponent(conv.id));
       conv = null;
       location.hash = "#/chat";
       loadList();
@@ -350,15 +350,15 @@ function addCopyButtons(body) {
 }
 
 /**
- * The models a chat can use, from the model library (GET /api/models): each {id, state, usable},
+ * The models a chat can use, from the model library (GET /ui/models): each {id, state, usable},
  * the box's default first.
  */
 export async function installedModels() {
   let r;
-  try { r = await api("GET", "/api/models"); } catch (e) {
+  try { r = await api("GET", "/ui/models"); } catch (e) {
     // A box without the model library: the inference service's own list.
     if (e.status !== 404) throw e;
-    const s = await api("GET", "/api/system");
+    const s = await api("GET", "/ui/system");
     r = { models: ((s.inference && s.inference.models) || []).map((m) => typeof m === "string" ? { name: m } :
       { name: m.name || m.id, loaded: m.state === "failed" ? "failed" : "ready" }) };
   }

@@ -19,7 +19,7 @@ export async function modelsPage({ session }) {
 
   async function load() {
     try {
-      const r = await api("GET", "/api/models");
+      const r = await api("GET", "/ui/models");
       summary.textContent = "Free disk: " + bytes(r.disk && r.disk.free) + " of " + bytes(r.disk && r.disk.total) +
         " · Free memory: " + bytes(r.memory && r.memory.available);
       fill(list, r.models.map((m) => modelCard(m)));
@@ -60,7 +60,7 @@ export async function modelsPage({ session }) {
         } }));
         actions.append(h("button", { type: "button", class: "quiet danger-text", text: "Delete", onclick: async () => {
           if (!confirm("Delete the model " + m.name + "? Its file is removed from the box.")) return;
-          try { await api("DELETE", "/api/models/" + encodeURIComponent(m.name)); load(); } catch (e) { cardStatus.set(e.message, true); }
+          try { await api("DELETE", "/ui/models/" + encodeURIComponent(m.name)); load(); } catch (e) { cardStatus.set(e.message, true); }
         } }));
       }
       card.append(actions, cardStatus);
@@ -69,7 +69,7 @@ export async function modelsPage({ session }) {
   }
 
   async function change(m, fields, st) {
-    try { await api("PATCH", "/api/models/" + encodeURIComponent(m.name), fields); load(); } catch (e) { st.set(e.message, true); }
+    try { await api("PATCH", "/ui/models/" + encodeURIComponent(m.name), fields); load(); } catch (e) { st.set(e.message, true); }
   }
 
   // ---- upload
@@ -89,11 +89,11 @@ export async function modelsPage({ session }) {
 
   async function loadUploads() {
     try {
-      const r = await api("GET", "/api/models/uploads");
+      const r = await api("GET", "/ui/models/uploads");
       fill(resumeList, r.uploads.map((u) => h("li", {},
         "Unfinished: " + u.filename + " (" + bytes(u.received) + " of " + bytes(u.size) + ") — pick the same file and press Upload to resume. ",
         h("button", { type: "button", class: "quiet", text: "Discard", onclick: async () => {
-          try { await api("DELETE", "/api/models/uploads/" + u.id); loadUploads(); } catch (e) { upStatus.set(e.message, true); }
+          try { await api("DELETE", "/ui/models/uploads/" + u.id); loadUploads(); } catch (e) { upStatus.set(e.message, true); }
         } }))));
       return r.uploads;
     } catch { return []; }
@@ -112,7 +112,7 @@ export async function modelsPage({ session }) {
     let up = null;
     try {
       const open = (await loadUploads()).find((u) => u.filename === f.name && u.size === f.size);
-      up = open || (await api("POST", "/api/models/uploads", { filename: f.name, size: f.size })).upload;
+      up = open || (await api("POST", "/ui/models/uploads", { filename: f.name, size: f.size })).upload;
       let offset = up.received;
       const show = (n) => {
         progress.value = n / (f.size || 1);
@@ -123,27 +123,27 @@ export async function modelsPage({ session }) {
         if (!alive) return;
         const end = Math.min(offset + CHUNK, f.size);
         try {
-          const r = await putBytes("/api/models/uploads/" + up.id + "?offset=" + offset, f.slice(offset, end),
+          const r = await putBytes("/ui/models/uploads/" + up.id + "?offset=" + offset, f.slice(offset, end),
             (n) => show(offset + n), signal);
           offset = r.upload.received;
         } catch (e) {
           if (e.name === "AbortError" || (e.code !== "network" && e.code !== "offset_mismatch")) throw e;
           // Dropped connection or a different offset: ask the box where it stopped and go on.
           await new Promise((r) => setTimeout(r, 1000));
-          offset = (await api("GET", "/api/models/uploads/" + up.id)).upload.received;
+          offset = (await api("GET", "/ui/models/uploads/" + up.id)).upload.received;
         }
         show(offset);
       }
       progressText.textContent = "Checking the file…";
       const body = nameIn.value.trim() ? { name: nameIn.value.trim() } : {};
-      const r = await api("POST", "/api/models/uploads/" + up.id + "/finish", body, signal);
+      const r = await api("POST", "/ui/models/uploads/" + up.id + "/finish", body, signal);
       upStatus.set("Added " + r.model.name + ".");
       file.value = ""; nameIn.value = "";
       progressText.textContent = "";
       load();
     } catch (e) {
       if (e.name === "AbortError") {
-        if (up && cancelled) await api("DELETE", "/api/models/uploads/" + up.id).catch(() => {});
+        if (up && cancelled) await api("DELETE", "/ui/models/uploads/" + up.id).catch(() => {});
         upStatus.set("Upload cancelled.");
       } else upStatus.set(e.message, true);
       progressText.textContent = "";
@@ -164,10 +164,10 @@ export async function modelsPage({ session }) {
 
   async function loadMedia() {
     try {
-      const r = await api("GET", "/api/models/media");
+      const r = await api("GET", "/ui/models/media");
       fill(mediaList, r.files.map((f) => h("li", {}, h("span", { class: "path", text: f.path + " (" + bytes(f.size) + ") " }),
         h("button", { type: "button", class: "quiet", text: "Import", onclick: async () => {
-          try { await api("POST", "/api/models/media/import", { path: f.path }); loadImports(); } catch (e) { usbStatus.set(e.message, true); }
+          try { await api("POST", "/ui/models/media/import", { path: f.path }); loadImports(); } catch (e) { usbStatus.set(e.message, true); }
         } }))));
       if (r.files.length === 0) mediaList.append(h("li", { class: "hint", text: "No .gguf files found on plugged-in media (" + r.media_dir + ")." }));
     } catch (e) { fill(mediaList, h("li", { class: "hint", text: "Removable media: " + e.message })); }
@@ -175,14 +175,14 @@ export async function modelsPage({ session }) {
   async function loadImports() {
     let running = false;
     try {
-      const r = await api("GET", "/api/models/imports");
+      const r = await api("GET", "/ui/models/imports");
       fill(importList, r.imports.map((i) => {
         const active = i.state === "copying" || i.state === "verifying";
         running = running || active;
         return h("li", {}, i.path + ": " + i.state + (i.error ? " — " + i.error.message : ""),
           active ? h("progress", { max: 1, value: i.size ? i.copied / i.size : 0, "aria-label": "Import progress of " + i.path }) : null,
           active ? h("button", { type: "button", class: "quiet", text: "Cancel", onclick: () =>
-            api("DELETE", "/api/models/imports/" + i.id).then(loadImports, (e) => usbStatus.set(e.message, true)) }) : null);
+            api("DELETE", "/ui/models/imports/" + i.id).then(loadImports, (e) => usbStatus.set(e.message, true)) }) : null);
       }));
     } catch { /* shown by loadMedia */ }
     if (running && alive) { const t = setTimeout(() => { timers.delete(t); loadImports(); load(); }, 1000); timers.add(t); }
@@ -193,14 +193,14 @@ export async function modelsPage({ session }) {
   const scrubBtn = h("button", { type: "button", class: "quiet", text: "Check all models now" });
   async function loadScrub() {
     try {
-      const s = (await api("GET", "/api/models/scrub")).scrub;
+      const s = (await api("GET", "/ui/models/scrub")).scrub;
       scrubText.textContent = s.running ? "Checking… (" + s.checked + " done) " :
         s.finished_at ? "Last check " + when(s.finished_at) + ": " + (s.damaged.length ? "damaged: " + s.damaged.join(", ") : "all fine") + ". " : "";
       if (s.running && alive) { const t = setTimeout(() => { timers.delete(t); loadScrub(); }, 2000); timers.add(t); }
     } catch { scrubText.textContent = ""; }
   }
   scrubBtn.addEventListener("click", async () => {
-    try { await api("POST", "/api/models/scrub"); loadScrub(); } catch (e) { status.set(e.message, true); }
+    try { await api("POST", "/ui/models/scrub"); loadScrub(); } catch (e) { status.set(e.message, true); }
   });
 
   const el = h("div", { class: "page" }, h("h2", { text: "Models" }), summary, status, list,

@@ -28,10 +28,10 @@ export async function settingsPage({ session }) {
 
   // ---- box name
   const boxName = field("Box name", { name: "box_name", required: true, maxlength: 64, readonly: !owner });
-  try { boxName.input.value = (await api("GET", "/api/settings")).box_name || ""; } catch { /* left empty */ }
+  try { boxName.input.value = (await api("GET", "/ui/settings")).box_name || ""; } catch { /* left empty */ }
   const boxSection = section("This box", owner
     ? form([boxName], "Save name", async () => {
-      await api("PUT", "/api/settings", { box_name: boxName.input.value.trim() });
+      await api("PUT", "/ui/settings", { box_name: boxName.input.value.trim() });
       session.boxName = boxName.input.value.trim();
       document.getElementById("box-name").textContent = session.boxName;
       return "Saved.";
@@ -44,7 +44,7 @@ export async function settingsPage({ session }) {
   const pw2 = field("New password again", { type: "password", autocomplete: "new-password", required: true });
   const pwForm = form([cur, pw, pw2], "Change password", async () => {
     if (pw.input.value !== pw2.input.value) throw new Error("The two new passwords differ.");
-    const r = await api("POST", "/api/password", { current: cur.input.value, new: pw.input.value });
+    const r = await api("POST", "/ui/password", { current: cur.input.value, new: pw.input.value });
     setCsrf(r.csrf);
     cur.input.value = pw.input.value = pw2.input.value = "";
     return "Password changed. Your other sessions were signed out.";
@@ -55,21 +55,21 @@ export async function settingsPage({ session }) {
   const shown = h("div", { class: "once", hidden: true, role: "status" });
   async function loadTokens() {
     try {
-      const r = await api("GET", "/api/tokens");
+      const r = await api("GET", "/ui/tokens");
       fill(tokenList, r.tokens.map((t) => h("li", {},
         h("strong", { text: t.name }), " · created " + when(t.created_at) +
         " · last used " + (t.last_used_at ? when(t.last_used_at) : "never") + " ",
         h("button", { type: "button", class: "quiet danger-text", text: "Revoke", "aria-label": "Revoke token " + t.name,
           onclick: async () => {
             if (!confirm("Revoke the token " + t.name + "? Scripts using it stop working.")) return;
-            try { await api("DELETE", "/api/tokens/" + t.id); loadTokens(); } catch (e) { alert(e.message); }
+            try { await api("DELETE", "/ui/tokens/" + t.id); loadTokens(); } catch (e) { alert(e.message); }
           } }))));
       if (r.tokens.length === 0) tokenList.append(h("li", { class: "hint", text: "No tokens yet." }));
     } catch (e) { fill(tokenList, h("li", { class: "status error", text: e.message })); }
   }
   const tokName = field("Token name", { required: true, maxlength: 64, placeholder: "e.g. laptop script" });
   const tokForm = form([tokName], "Create token", async () => {
-    const r = await api("POST", "/api/tokens", { name: tokName.input.value.trim() });
+    const r = await api("POST", "/ui/tokens", { name: tokName.input.value.trim() });
     tokName.input.value = "";
     const code = h("code", { class: "token", text: r.token });
     fill(shown, h("p", { text: "Copy this token now; the box will not show it again:" }), code, " ",
@@ -88,7 +88,7 @@ export async function settingsPage({ session }) {
     const peopleStatus = statusLine();
     async function loadUsers() {
       try {
-        const r = await api("GET", "/api/users");
+        const r = await api("GET", "/ui/users");
         fill(userList, r.users.map((u) => h("li", {},
           h("strong", { text: u.name }), " · " + u.role + " ",
           u.id === session.user.id ? null : [
@@ -96,13 +96,13 @@ export async function settingsPage({ session }) {
               onclick: async () => {
                 const p = prompt("New password for " + u.name + " (at least 8 characters):");
                 if (!p) return;
-                try { await api("POST", "/api/users/" + u.id + "/password", { password: p }); peopleStatus.set("Password of " + u.name + " reset."); }
+                try { await api("POST", "/ui/users/" + u.id + "/password", { password: p }); peopleStatus.set("Password of " + u.name + " reset."); }
                 catch (e) { peopleStatus.set(e.message, true); }
               } }), " ",
             h("button", { type: "button", class: "quiet danger-text", text: "Remove", "aria-label": "Remove " + u.name,
               onclick: async () => {
                 if (!confirm("Remove " + u.name + "? Their conversations and tokens are deleted too.")) return;
-                try { await api("DELETE", "/api/users/" + u.id); loadUsers(); } catch (e) { peopleStatus.set(e.message, true); }
+                try { await api("DELETE", "/ui/users/" + u.id); loadUsers(); } catch (e) { peopleStatus.set(e.message, true); }
               } }),
           ])));
       } catch (e) { fill(userList, h("li", { class: "status error", text: e.message })); }
@@ -111,7 +111,7 @@ export async function settingsPage({ session }) {
     const uPw = field("Password (at least 8 characters)", { type: "password", required: true, minlength: 8, autocomplete: "new-password" });
     const addForm = form([uName, uPw], "Add person", async () => {
       const name = uName.input.value.trim();
-      await api("POST", "/api/users", { name, password: uPw.input.value, role: "member" });
+      await api("POST", "/ui/users", { name, password: uPw.input.value, role: "member" });
       uName.input.value = uPw.input.value = "";
       loadUsers();
       return "Added " + name + ". They can log in now.";

@@ -13,7 +13,7 @@ export async function systemPage({ session }) {
 
   async function load() {
     try {
-      const s = await api("GET", "/api/system");
+      const s = await api("GET", "/ui/system");
       const cpu = s.cpu || {}, mem = s.memory || {}, disk = s.disk || {}, inf = s.inference || {};
       const used = (total, free) => typeof total === "number" && typeof free === "number"
         ? bytes(total - free) + " used of " + bytes(total) + " (" + bytes(free) + " free)" : "–";
@@ -34,7 +34,7 @@ export async function systemPage({ session }) {
     } catch (e) { status.set("Could not read the system state: " + e.message, true); }
     if (owner) {
       try {
-        const r = await api("GET", "/api/system/logs");
+        const r = await api("GET", "/ui/system/logs");
         fill(logs, r.lines.map((l) => h("li", { class: "lvl-" + String(l.level).toLowerCase() },
           h("span", { class: "time", text: typeof l.time === "number" ? new Date(l.time * 1000).toLocaleTimeString() : String(l.time) }), " ",
           h("span", { class: "level", text: l.level }), " ", l.message)));
