@@ -37,6 +37,9 @@ pub struct ChatMessage {
 pub struct EngineConfig {
     /// Upper bound on the context (prompt + answer) in tokens; `None` uses the model's own.
     pub max_context: Option<usize>,
+    /// Threads for the matrix products and attention; `None` uses the CPUs this process may
+    /// run on (affinity- and cgroup-aware).
+    pub threads: Option<usize>,
 }
 
 /// What a loaded model is, for listings and for request checks.

@@ -21,6 +21,9 @@ struct Args {
     /// Cap on the context length in tokens (default: each model's own).
     #[arg(long)]
     max_context: Option<usize>,
+    /// Threads for model math (default: the CPUs this process may run on).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Requests that may wait per model before new ones are refused as busy.
     #[arg(long, default_value_t = 8)]
     queue_depth: usize,
@@ -46,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         models: args.models,
         engine: EngineConfig {
             max_context: args.max_context,
+            threads: args.threads.filter(|&n| n > 0),
         },
         queue_depth: args.queue_depth.max(1),
     };
