@@ -36,8 +36,13 @@ import threading
 import time
 from pathlib import Path
 
-OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+# Per architecture: the QEMU binary and machine, and the UEFI firmware (code, vars template).
+MACHINES = {
+    "x86_64": (["qemu-system-x86_64", "-machine", "q35", "-cpu", "max"],
+               "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    "aarch64": (["qemu-system-aarch64", "-machine", "virt", "-cpu", "cortex-a72"],
+                "/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+}
 OWNER = "owner"
 PASSWORD = "correct horse battery"
 MODEL_ID = "SmolLM2-135M-Instruct.Q4_1"
@@ -49,6 +54,10 @@ TIMINGS: list[tuple[str, float]] = []
 
 class Failure(Exception):
     pass
+
+
+class Done(Exception):
+    """--quick: the remaining phases are skipped."""
 
 
 def log(msg: str) -> None:
@@ -126,7 +135,7 @@ def expect(cond: bool, what: str) -> None:
 class Vm:
     """One QEMU process on the disk image; its serial port is a Unix socket we type into."""
 
-    def __init__(self, work: Path, disk: Path, stick: Path, port: int, name: str):
+    def __init__(self, work: Path, disk: Path, stick: Path, port: int, name: str, arch: str):
         self.work = work
         self.sock_path = work / f"serial-{name}.sock"
         self.serial_log = work / f"serial-{name}.log"
@@ -136,10 +145,11 @@ class Vm:
         self.marker = 0
         if self.sock_path.exists():
             self.sock_path.unlink()
-        cmd = [
-            "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35",
+        machine, code, _ = MACHINES[arch]
+        cmd = machine + [
+            "-accel", "tcg",
             "-m", "1536", "-smp", "2", "-display", "none", "-no-user-config", "-nodefaults",
-            "-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
             "-drive", f"if=pflash,format=raw,file={work / 'vars.fd'}",
             "-drive", f"file={disk},format=raw,if=virtio,cache=none,aio=threads",
             "-drive", f"file={stick},format=raw,if=virtio,readonly=on",
@@ -314,6 +324,9 @@ def main() -> int:
     ap.add_argument("--model", required=True, type=Path)
     ap.add_argument("--work", type=Path, default=Path("target/image/e2e"))
     ap.add_argument("--keep", action="store_true", help="leave the work directory")
+    ap.add_argument("--arch", choices=sorted(MACHINES), default="x86_64")
+    ap.add_argument("--quick", action="store_true",
+                    help="stop after the first chat answer (no reboot, no power cut)")
     args = ap.parse_args()
 
     work = args.work.resolve()
@@ -321,7 +334,7 @@ def main() -> int:
     work.mkdir(parents=True)
     disk = work / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(args.disk), str(disk)], check=True)
-    shutil.copy(OVMF_VARS, work / "vars.fd")
+    shutil.copy(MACHINES[args.arch][2], work / "vars.fd")
     stick = make_stick(work, args.model)
     model_sha = hashlib.sha256(args.model.read_bytes()).hexdigest()
     port = free_port()
@@ -332,7 +345,7 @@ def main() -> int:
     models_dir = "/var/lib/hearth/models"
     try:
         with Phase("boot to /readyz (first boot)"):
-            vm = Vm(work, disk, stick, port, "boot1")
+            vm = Vm(work, disk, stick, port, "boot1", args.arch)
             wait_ready(http, vm, 300)
 
         with Phase("system checks (read-only root, data partition, hardening, cgroups)"):
@@ -425,6 +438,8 @@ def main() -> int:
         with Phase("chat answer"):
             first_answer, dt = chat(http, token)
             log(f"   answer in {dt:.1f} s: {first_answer!r}")
+        if args.quick:
+            raise Done()
 
         with Phase("reboot"):
             vm.sock.sendall(b"systemctl reboot\n")
@@ -478,7 +493,7 @@ def main() -> int:
             vm.power_cut()
 
         with Phase("boot after the power cut"):
-            vm = Vm(work, disk, stick, port, "boot3")
+            vm = Vm(work, disk, stick, port, "boot3", args.arch)
             wait_ready(http, vm, 300, model_ready=True)
 
         with Phase("after the power cut: consistent store, box serves"):
@@ -496,6 +511,8 @@ def main() -> int:
                 expect(status == 200, f"login after the power cut answered {status}: {body}")
             text, dt = chat(http, token)
             log(f"   answer in {dt:.1f} s: {text!r}")
+    except Done:
+        log("--quick: reboot and power-cut phases skipped")
     except Failure as e:
         log(f"FAILED: {e}")
         if vm is not None:
