@@ -137,7 +137,7 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
 
   test("an answer streams in token by token, then shows tokens/s", async () => {
     await page.locator("#model option").first().waitFor({ state: "attached" });
-    await sendAndWatch("Write a short story about a lighthouse keeper.");
+    await sendAndWatch("Write two sentences about a lighthouse keeper.");
     const answer = page.locator("#log .msg.assistant").last();
     // While streaming, the Stop button replaces Send.
     await page.locator("#stop").waitFor({ state: "visible" });

@@ -4,7 +4,7 @@
 // sanitized on the box (raw HTML from the model is escaped there), so it is safe to insert.
 
 import { api, stream } from "./api.js";
-import { h, fill, copyText, statusLine } from "./dom.js";
+import { h, fill, copyText, statusLine, stateWord } from "./dom.js";
 
 export async function chatPage(ctx) {
   let conv = null;          // the open conversation, or null for a new one
@@ -29,7 +29,8 @@ export async function chatPage(ctx) {
     placeholder: "For example: Answer briefly, in French." });
   const optStatus = statusLine();
   const saveOpts = h("button", { type: "button", class: "quiet", text: "Save for this chat", hidden: true });
-  const options = h("details", { class: "options" }, h("summary", { text: "Model and system prompt" }),
+  const summary = h("summary", { text: "Model and system prompt" });
+  const options = h("details", { class: "options" }, summary,
     h("div", { class: "field" }, h("label", { for: "model", text: "Model" }), modelSel),
     h("div", { class: "field" }, h("label", { for: "system-prompt", text: "System prompt (optional)" }), sysPrompt),
     saveOpts, optStatus);
@@ -87,7 +88,15 @@ export async function chatPage(ctx) {
       const first = models.find((m) => m.usable);
       if (first && (!modelSel.value || !models.some((m) => m.id === modelSel.value && m.usable))) modelSel.value = first.id;
     }
+    showOptions();
   }
+
+  function showOptions() {
+    summary.textContent = "Model: " + (modelSel.value || "none") +
+      (sysPrompt.value.trim() ? " · with a system prompt" : " · no system prompt");
+  }
+  modelSel.addEventListener("change", showOptions);
+  sysPrompt.addEventListener("input", showOptions);
 
   // ---- messages
   function messageEl(m) {
@@ -360,7 +369,7 @@ export async function installedModels() {
     if (e.status !== 404) throw e;
     const s = await api("GET", "/ui/system");
     r = { models: ((s.inference && s.inference.models) || []).map((m) => typeof m === "string" ? { name: m } :
-      { name: m.name || m.id, loaded: m.state === "failed" ? "failed" : "ready" }) };
+      { name: m.name || m.id, loaded: stateWord(m.state) === "failed" ? "failed" : "ready" }) };
   }
   const list = (r.models || []).map((m) => {
     const state = m.state === "damaged" ? "damaged" : m.loaded === "failed" ? "failed to load" : "ok";

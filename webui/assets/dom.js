@@ -96,3 +96,9 @@ export async function copyText(text) {
 export function facts(pairs) {
   return h("dl", { class: "facts" }, pairs.map(([k, v]) => [h("dt", { text: k }), h("dd", {}, v)]));
 }
+
+/** A model's state as a word, whether the box sends "ready" or {"state": "ready", ...}. */
+export function stateWord(state) {
+  if (state && typeof state === "object") return String(state.state || "");
+  return state ? String(state) : "";
+}

@@ -2,7 +2,7 @@
 // state, refreshed every 5 s; for the owner, the most recent log lines.
 
 import { api } from "./api.js";
-import { h, fill, bytes, duration, facts, statusLine } from "./dom.js";
+import { h, fill, bytes, duration, facts, statusLine, stateWord } from "./dom.js";
 
 export async function systemPage({ session }) {
   const owner = session.user.role === "owner";
@@ -25,9 +25,9 @@ export async function systemPage({ session }) {
         ["Memory", used(mem.total, mem.available)],
         ["Disk", used(disk.total, disk.free)],
         ["Temperature", typeof s.temperature_c === "number" ? s.temperature_c.toFixed(1) + " °C" : "not reported by this board"],
-        ["Inference", inf.state || "–"],
+        ["Inference", (inf.state || "–") + (typeof inf.restarts === "number" ? " · worker restarts: " + inf.restarts : "")],
         ["Models", Array.isArray(inf.models) && inf.models.length
-          ? inf.models.map((m) => typeof m === "string" ? m : (m.name || m.id) + (m.state ? " (" + m.state + ")" : "")).join(", ")
+          ? inf.models.map((m) => typeof m === "string" ? m : (m.name || m.id) + (stateWord(m.state) ? " (" + stateWord(m.state) + ")" : "")).join(", ")
           : "none loaded"],
       ]));
       status.set("");
