@@ -342,7 +342,7 @@ def main() -> int:
     vm: Vm | None = None
     token: str | None = None
     auth = False
-    models_dir = "/var/lib/hearth/models"
+    models_dir = "/var/lib/hearth/files"
     try:
         with Phase("boot to /readyz (first boot)"):
             vm = Vm(work, disk, stick, port, "boot1", args.arch)
@@ -441,18 +441,34 @@ def main() -> int:
         if args.quick:
             raise Done()
 
-        with Phase("reboot"):
-            vm.sock.sendall(b"systemctl reboot\n")
-            # /readyz goes away, then comes back on the rebooted system.
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                try:
-                    status, _ = http.get("/readyz", timeout=2)
-                except OSError:
-                    break
-                time.sleep(0.2)
-            with vm.lock:
-                vm.buf = b""
+        with Phase("out of memory: the worker is killed, hearthd is not"):
+            cg = "/sys/fs/cgroup/system.slice/hearthd.service"
+            pid = vm.sh("systemctl show -p MainPID --value hearthd")
+            worker = vm.sh(f"cat {cg}/inference/cgroup.procs")
+            # Squeeze the worker's cgroup below what the loaded model needs.
+            vm.sh(f"echo 8M > {cg}/inference/memory.max; sleep 2")
+            events = vm.sh(f"cat {cg}/inference/memory.events")
+            kills = int(re.search(r"oom_kill (\d+)", events).group(1))
+            expect(kills >= 1, f"no OOM kill in the inference cgroup: {events}")
+            expect(vm.sh("systemctl is-active hearthd") == "active", "hearthd.service went down")
+            expect(vm.sh("systemctl show -p MainPID --value hearthd") == pid,
+                   "hearthd itself was killed or restarted")
+            # hearthd restarts the worker, whose wrapper sets the normal limit again.
+            wait_ready(http, vm, 300, model_ready=True)
+            expect(vm.sh(f"cat {cg}/inference/cgroup.procs") != worker, "the worker was not replaced")
+            expect(vm.sh(f"cat {cg}/inference/memory.max").isdigit(), "limit not restored")
+            log(f"   {kills} OOM kill(s) in the inference cgroup; hearthd pid {pid} unchanged")
+
+        with Phase("reboot (clean shutdown, boot again)"):
+            # A clean poweroff and a fresh QEMU on the same disk: the same for the box as a
+            # reboot, and much faster under TCG than OVMF's warm reset.
+            vm.sock.sendall(b"systemctl poweroff\n")
+            try:
+                vm.proc.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                raise Failure("the box did not power off within 180 s")
+            vm.close()
+            vm = Vm(work, disk, stick, port, "boot2", args.arch)
             wait_ready(http, vm, 300, model_ready=True)
 
         with Phase("after reboot: account, token and model survived"):
