@@ -34,6 +34,12 @@ class OpenAIClientTest(unittest.TestCase):
             raise unittest.SkipTest(f"{model} missing; run ../shared/scripts/fetch-models")
         bin_dir = pathlib.Path(os.environ.get("HEARTH_BIN_DIR", "target/release"))
         cls.data = tempfile.TemporaryDirectory()
+        hearthd = str(bin_dir / "hearthd")
+        # Provision as a script would: the owner, then an API token for the client.
+        subprocess.run([hearthd, "admin", "create-owner", "--data-dir", cls.data.name, "--name", "owner",
+                        "--password-stdin"], input="owner password\n", text=True, check=True)
+        token = subprocess.run([hearthd, "admin", "create-token", "--data-dir", cls.data.name, "--user", "owner",
+                                "--name", "openai-client"], capture_output=True, text=True, check=True).stdout.strip()
         port = free_port()
         cls.base = f"http://127.0.0.1:{port}"
         cls.proc = subprocess.Popen(
@@ -53,7 +59,8 @@ class OpenAIClientTest(unittest.TestCase):
             if time.time() > deadline or cls.proc.poll() is not None:
                 raise RuntimeError("hearthd did not become ready")
             time.sleep(0.2)
-        cls.client = openai.OpenAI(base_url=cls.base + "/v1", api_key="unused", max_retries=0)
+        cls.client = openai.OpenAI(base_url=cls.base + "/v1", api_key=token, max_retries=0)
+        cls.stranger = openai.OpenAI(base_url=cls.base + "/v1", api_key="hearth_wrong", max_retries=0)
 
     @classmethod
     def tearDownClass(cls):
@@ -94,6 +101,11 @@ class OpenAIClientTest(unittest.TestCase):
         self.assertIn(finish, ("stop", "length"))
         self.assertIsNotNone(usage)
         self.assertGreaterEqual(usage.completion_tokens, len(pieces))
+
+    def test_a_wrong_token_is_refused(self):
+        with self.assertRaises(openai.AuthenticationError) as e:
+            self.stranger.models.list()
+        self.assertEqual(e.exception.code, "unauthenticated")
 
     def test_errors_are_typed(self):
         with self.assertRaises(openai.NotFoundError) as e:

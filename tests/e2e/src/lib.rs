@@ -57,7 +57,52 @@ pub struct Box_ {
     pub child: Child,
     pub base: String,
     pub data: tempfile::TempDir,
+    /// An API token of the owner, provisioned before start; sent on every request.
+    pub token: String,
     agent: ureq::Agent,
+}
+
+/// The owner every test box is provisioned with (`hearthd admin create-owner`).
+pub const OWNER: &str = "owner";
+pub const OWNER_PASSWORD: &str = "owner password";
+
+/// Runs `hearthd admin ...` against a data directory, as a provisioning script would.
+pub fn admin(data: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let mut child = Command::new(bin_dir().join("hearthd"))
+        .arg("admin")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "hearthd admin {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// Makes sure the box has its owner and returns a fresh API token for them.
+pub fn provision(data: &Path) -> Result<String> {
+    if let Err(e) = admin(
+        data,
+        &["create-owner", "--name", OWNER, "--password-stdin"],
+        Some(&format!("{OWNER_PASSWORD}\n")),
+    ) {
+        if !e.to_string().contains("already has an owner") {
+            return Err(e);
+        }
+    }
+    admin(data, &["create-token", "--user", OWNER, "--name", "e2e"], None)
 }
 
 impl Box_ {
@@ -77,6 +122,7 @@ impl Box_ {
         args: &[&std::ffi::OsStr],
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<Self> {
+        let token = provision(data.path())?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let hearthd = bin_dir().join("hearthd");
         // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's pid for it.
@@ -104,6 +150,7 @@ impl Box_ {
             child,
             base: format!("http://127.0.0.1:{port}"),
             data,
+            token,
             agent,
         };
         b.wait_until(Duration::from_secs(30), |b| Ok(b.get("/healthz")?.0 == 200))?;
@@ -146,7 +193,11 @@ impl Box_ {
     }
 
     pub fn get(&self, path: &str) -> Result<(u16, Value)> {
-        let mut res = self.agent.get(format!("{}{path}", self.base)).call()?;
+        let mut res = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()?;
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string()?;
         Ok((
@@ -159,6 +210,7 @@ impl Box_ {
         let mut res = self
             .agent
             .post(format!("{}{path}", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
             .send_json(body)?;
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string()?;
@@ -173,6 +225,7 @@ impl Box_ {
         let res = self
             .agent
             .post(format!("{}/v1/chat/completions", self.base))
+            .header("Authorization", format!("Bearer {}", self.token))
             .send_json(body)?;
         let status = res.status().as_u16();
         let reader = BufReader::new(Box::new(res.into_body().into_reader()) as Box<dyn Read>);
