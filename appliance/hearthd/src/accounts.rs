@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::RngExt as _;
@@ -33,7 +33,8 @@ pub enum AccountError {
 /// (tens of milliseconds): call it off the async threads.
 pub fn hash_password(password: &str) -> Result<String, AccountError> {
     let salt_bytes: [u8; 16] = rand::rng().random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| AccountError::Hash(e.to_string()))?;
+    let salt =
+        SaltString::encode_b64(&salt_bytes).map_err(|e| AccountError::Hash(e.to_string()))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -43,7 +44,11 @@ pub fn hash_password(password: &str) -> Result<String, AccountError> {
 /// True when `password` matches the PHC string. A malformed stored hash never matches.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
-        .map(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+        .map(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -121,7 +126,11 @@ pub fn load_or_create_setup_code(path: &Path) -> Result<(String, bool), AccountE
     let code: String = (0..12)
         .map(|i| {
             let c = CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char;
-            if i > 0 && i % 4 == 0 { format!("-{c}") } else { c.to_string() }
+            if i > 0 && i % 4 == 0 {
+                format!("-{c}")
+            } else {
+                c.to_string()
+            }
         })
         .collect();
     crate::durable::write_file(path, format!("{code}\n").as_bytes(), 0o600).map_err(err)?;
@@ -176,7 +185,10 @@ impl LoginThrottle {
 
     /// How long the caller must wait before trying again, if at all.
     pub fn wait(&self, keys: &[ThrottleKey], now: Instant) -> Option<Duration> {
-        let entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         keys.iter()
             .filter_map(|k| entries.get(k))
             .filter_map(|f| f.blocked_until.checked_duration_since(now))
@@ -185,7 +197,10 @@ impl LoginThrottle {
     }
 
     pub fn failed(&self, keys: &[ThrottleKey], now: Instant) {
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Forget what is old, so the map cannot grow without bound under a spray of names.
         let horizon = self.max_wait * 4;
         entries.retain(|_, f| now.saturating_duration_since(f.last) < horizon);
@@ -209,7 +224,10 @@ impl LoginThrottle {
     }
 
     pub fn succeeded(&self, account: &ThrottleKey) {
-        let mut entries = self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         entries.remove(account);
     }
 }
@@ -263,7 +281,10 @@ mod tests {
         assert!(!created);
         assert_eq!(code, again);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(normalize_code(" abcd-efgh "), "ABCDEFGH");
     }
 
@@ -281,7 +302,11 @@ mod tests {
         for _ in 0..20 {
             t.failed(&keys, now);
         }
-        assert_eq!(t.wait(&keys, now), Some(Duration::from_secs(60)), "capped, never permanent");
+        assert_eq!(
+            t.wait(&keys, now),
+            Some(Duration::from_secs(60)),
+            "capped, never permanent"
+        );
         assert_eq!(t.wait(&keys, now + Duration::from_secs(61)), None);
         t.succeeded(&keys[0]);
         assert_eq!(t.wait(&keys, now), None);

@@ -71,8 +71,14 @@ mod tests {
         ));
         let token = create_token(dir.path(), "ANA", "ci").unwrap();
         let db = Db::open(&dir.path().join("hearth.db")).unwrap();
-        let (user, _) = db.token_user(&accounts::secret_hash(&token), 1).unwrap().unwrap();
+        let (user, _) = db
+            .token_user(&accounts::secret_hash(&token), 1)
+            .unwrap()
+            .unwrap();
         assert_eq!(user.name, "ana");
-        assert!(matches!(create_owner(dir.path(), "x", "short"), Err(AdminError::Invalid(_))));
+        assert!(matches!(
+            create_owner(dir.path(), "x", "short"),
+            Err(AdminError::Invalid(_))
+        ));
     }
 }

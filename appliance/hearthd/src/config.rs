@@ -44,6 +44,9 @@ pub struct Config {
     pub host_names: Vec<String>,
     /// Longest time a client may take to send a request body, in seconds.
     pub request_body_timeout_secs: u64,
+    /// Where removable media (USB sticks) are mounted; `.gguf` files below it are offered for
+    /// import. Polled, never written; links are not followed.
+    pub media_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             session_idle_hours: 24 * 14,
             host_names: Vec::new(),
             request_body_timeout_secs: 30,
+            media_dir: PathBuf::from("/media"),
         }
     }
 }

@@ -3,6 +3,11 @@
 //! [`Inference`] is the seam the HTTP layer uses; [`WorkerClient`] is the real one (a Unix
 //! socket per request), and tests use an in-memory fake. [`supervise`] starts the worker
 //! process, restarts it with exponential backoff when it dies, and stops it on shutdown.
+//!
+//! The loaded set follows the model library: [`publish_models`] turns every change of the
+//! store (and the `--model` paths) into a list on a watch channel; [`follow_models`] sends
+//! that list to the running worker (`SetModels`), and [`supervise`] starts each new worker
+//! with the latest list, so a restart never loads a stale set.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -11,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use hearth_ipc::{
-    ChatRequest, ErrorKind, Event, ModelStatus, Request, WorkerError, read_frame, write_frame,
+    ChatRequest, ErrorKind, Event, ModelSpec, ModelStatus, Request, WorkerError, read_frame,
+    write_frame,
 };
 use tokio::io::BufReader;
 use tokio::net::UnixStream;
@@ -94,12 +100,118 @@ impl Inference for WorkerClient {
     }
 }
 
+/// The models the worker should have, as (id, path).
+pub type ModelList = Vec<(String, PathBuf)>;
+
+/// Keeps `models` equal to the `--model` paths followed by the store's loadable models (a
+/// store model whose name a path model already uses is left out), until `shutdown`.
+pub async fn publish_models(
+    store: hearth_store::Store,
+    path_models: ModelList,
+    models: watch::Sender<ModelList>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = store.subscribe();
+    loop {
+        let list = {
+            let (store, path_models) = (store.clone(), path_models.clone());
+            tokio::task::spawn_blocking(move || model_list(&store, &path_models)).await
+        };
+        match list {
+            Ok(Ok(list)) => {
+                models.send_if_modified(|current| {
+                    let changed = *current != list;
+                    *current = list;
+                    changed
+                });
+            }
+            Ok(Err(e)) => log::error!(error:% = e; "cannot read the model catalogue"),
+            Err(e) => log::error!(error:% = e; "model list task failed"),
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The `--model` paths followed by the store's loadable (not damaged) models.
+pub fn model_list(
+    store: &hearth_store::Store,
+    path_models: &[(String, PathBuf)],
+) -> Result<ModelList, hearth_store::StoreError> {
+    let mut list = path_models.to_vec();
+    for (name, path) in store.loadable()? {
+        if !list.iter().any(|(n, _)| *n == name) {
+            list.push((name, path));
+        }
+    }
+    Ok(list)
+}
+
+/// Sends every new model list to the running worker (`SetModels`), retrying while the worker
+/// is (re)starting; a worker started later gets the list on its command line instead.
+pub async fn follow_models(
+    client: WorkerClient,
+    mut models: watch::Receiver<ModelList>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            changed = models.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+        let list: Vec<ModelSpec> = models
+            .borrow_and_update()
+            .iter()
+            .map(|(id, path)| ModelSpec {
+                id: id.clone(),
+                path: path.clone(),
+            })
+            .collect();
+        for attempt in 0..50 {
+            match client.set_models(list.clone()).await {
+                Ok(()) => break,
+                Err(e) if attempt == 49 => {
+                    log::warn!(error:% = e; "could not send the model list to the worker")
+                }
+                Err(_) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    // A newer list supersedes this one.
+                    if models.has_changed().unwrap_or(false) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl WorkerClient {
+    /// Asks the worker to load exactly `models`.
+    pub async fn set_models(&self, models: Vec<ModelSpec>) -> Result<(), InferenceError> {
+        let stream = self.send(&Request::SetModels { models }).await?;
+        let mut reader = BufReader::new(stream);
+        match read_frame::<_, Event>(&mut reader).await {
+            Ok(Some(Event::Status { .. })) => Ok(()),
+            Ok(other) => Err(InferenceError::Unreachable(format!(
+                "unexpected answer to set_models: {other:?}"
+            ))),
+            Err(e) => Err(InferenceError::Unreachable(e.to_string())),
+        }
+    }
+}
+
 /// How to start the worker.
 #[derive(Debug, Clone)]
 pub struct WorkerCommand {
     pub program: PathBuf,
     pub socket: PathBuf,
-    pub models: Vec<(String, PathBuf)>,
+    /// The models to load, as (id, path); each start uses the latest list.
+    pub models: watch::Receiver<ModelList>,
     pub max_context: Option<usize>,
     pub queue_depth: usize,
     pub backoff_initial: Duration,
@@ -143,7 +255,8 @@ pub async fn supervise(
         if let Some(max) = command.max_context {
             cmd.arg("--max-context").arg(max.to_string());
         }
-        for (id, path) in &command.models {
+        let models = command.models.borrow().clone();
+        for (id, path) in &models {
             let mut arg = std::ffi::OsString::from(format!("{id}="));
             arg.push(path);
             cmd.arg("--model").arg(arg);

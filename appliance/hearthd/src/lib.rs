@@ -61,6 +61,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Accounts(#[from] accounts::AccountError),
+    #[error("model library: {0}")]
+    Store(#[source] hearth_store::StoreError),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -75,12 +77,33 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
             .await
             .map_err(|e| Error::Serve(std::io::Error::other(e)))??
     };
-    let models = config.model_files()?;
-    if models.is_empty() {
-        log::warn!("no models configured: pass --model FILE.gguf");
+    let path_models = config.model_files()?;
+    let store = open_store(&config, &path_models).await?;
+    // The worker's models follow the library (see `inference::publish_models`).
+    let initial = {
+        let (store, path_models) = (store.clone(), path_models.clone());
+        tokio::task::spawn_blocking(move || inference::model_list(&store, &path_models))
+            .await
+            .map_err(|e| Error::Serve(std::io::Error::other(e)))?
+            .map_err(Error::Store)?
+    };
+    let (models_tx, models) = watch::channel(initial);
+    let publisher = tokio::spawn(inference::publish_models(
+        store.clone(),
+        path_models,
+        models_tx,
+        shutdown.clone(),
+    ));
+    if models.borrow().is_empty() {
+        log::warn!("no models yet: import one on the Models page, or pass --model FILE.gguf");
     }
     let program = worker_binary(&config)?;
     let socket = config.worker_socket();
+    let follower = tokio::spawn(inference::follow_models(
+        inference::WorkerClient::new(socket.clone()),
+        models.clone(),
+        shutdown.clone(),
+    ));
     let command = inference::WorkerCommand {
         program,
         socket: socket.clone(),
@@ -131,6 +154,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         hosts,
         box_name: Arc::new(box_name),
         started: std::time::Instant::now(),
+        store: store.clone(),
     };
     log::info!(data_dir:? = data_dir, url = format!("http://{local}/"); "hearthd is serving");
     notify::ready();
@@ -157,6 +181,9 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     }
     let _ = supervisor.await;
     let _ = watchdog.await;
+    store.shutdown();
+    let _ = publisher.await;
+    let _ = follower.await;
     log::info!("stopped");
     Ok(())
 }
@@ -184,6 +211,28 @@ async fn prepare_accounts(config: &Config, db: &db::Db) -> Result<api::Accounts,
     .map_err(|e| Error::Serve(std::io::Error::other(e)))??;
     let session_idle = Duration::from_secs(config.session_idle_hours.max(1) * 3600);
     Ok(api::Accounts::new(code, false, session_idle))
+}
+
+/// Opens the model library under `<data_dir>/models` and starts a scrub in the background.
+async fn open_store(
+    config: &Config,
+    path_models: &[(String, PathBuf)],
+) -> Result<hearth_store::Store, Error> {
+    let store_config = hearth_store::StoreConfig {
+        root: config.data_dir.join("models"),
+        max_context: config.max_context.map(|c| c as u64),
+        memory: hearth_store::MemorySource::default(),
+        disk_reserve: 64 << 20,
+        media_dir: Some(config.media_dir.clone()),
+        reserved_names: path_models.iter().map(|(n, _)| n.clone()).collect(),
+        crash_at: None,
+    };
+    let store = tokio::task::spawn_blocking(move || hearth_store::Store::open(store_config))
+        .await
+        .map_err(|e| Error::Serve(std::io::Error::other(e)))?
+        .map_err(Error::Store)?;
+    store.start_scrub();
+    Ok(store)
 }
 
 fn prepare_data_dir(dir: &std::path::Path) -> Result<(), Error> {

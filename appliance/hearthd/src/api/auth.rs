@@ -162,7 +162,9 @@ pub async fn check_host(State(state): State<AppState>, request: Request, next: N
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| request.uri().authority().map(|a| a.to_string()));
-    let allowed = host.as_deref().is_some_and(|h| host_allowed(&state.hosts, h));
+    let allowed = host
+        .as_deref()
+        .is_some_and(|h| host_allowed(&state.hosts, h));
     if !allowed {
         log::warn!(host:? = host; "refused a request for a host name that is not this box");
         return ApiError::new(
@@ -182,7 +184,12 @@ pub fn host_allowed(hosts: &AllowedHosts, host_header: &str) -> bool {
         return true;
     }
     // An IP literal cannot be rebound: the attacker's page would carry its own name.
-    if host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().is_ok() {
+    if host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok()
+    {
         return true;
     }
     hosts
@@ -318,7 +325,10 @@ async fn owner_exists(state: &AppState) -> Result<bool, ApiError> {
 }
 
 async fn bearer_user(state: &AppState, headers: &HeaderMap) -> Result<Option<User>, ApiError> {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Ok(None);
     };
     let Some(token) = value
@@ -353,7 +363,10 @@ fn session_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty() && v.len() <= 128)
 }
 
-async fn session_user(state: &AppState, headers: &HeaderMap) -> Result<Option<CurrentUser>, ApiError> {
+async fn session_user(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<CurrentUser>, ApiError> {
     let Some(id) = session_cookie(headers, state.accounts.cookie_name()) else {
         return Ok(None);
     };
@@ -406,7 +419,10 @@ fn client_ip(request_parts: &axum::http::Extensions) -> Option<IpAddr> {
 
 // ---- routes -------------------------------------------------------------------------------
 
-pub async fn session(State(state): State<AppState>, request: Request) -> Result<Json<Value>, ApiError> {
+pub async fn session(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Json<Value>, ApiError> {
     let current = session_user(&state, request.headers()).await?;
     let setup_needed = !owner_exists(&state).await?;
     Ok(Json(match current {
@@ -456,7 +472,8 @@ pub async fn setup(
     let name = req.name.clone();
     let created = tokio::task::spawn_blocking(move || {
         let hash = accounts::hash_password(&req.password).map_err(ApiError::internal)?;
-        db.create_user(&name, Role::Owner, &hash).map_err(ApiError::internal)
+        db.create_user(&name, Role::Owner, &hash)
+            .map_err(ApiError::internal)
     })
     .await
     .map_err(ApiError::internal)??;
@@ -561,7 +578,10 @@ fn bad_credentials() -> ApiError {
     )
 }
 
-pub async fn logout(State(state): State<AppState>, user: CurrentUser) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<Response, ApiError> {
     if let Credential::Session { id_hash, .. } = user.credential {
         let db = state.db.clone();
         tokio::task::spawn_blocking(move || db.delete_session(&id_hash))
@@ -601,7 +621,8 @@ pub async fn change_password(
         };
         let hash = accounts::hash_password(&req.new).map_err(ApiError::internal)?;
         // Ends every session of this person, this one too; a fresh one follows.
-        db.set_password(row.user.id, &hash).map_err(ApiError::internal)?;
+        db.set_password(row.user.id, &hash)
+            .map_err(ApiError::internal)?;
         Ok::<_, ApiError>(true)
     })
     .await
@@ -654,17 +675,23 @@ pub async fn create_user(
     accounts::valid_name(&req.name).map_err(|m| ApiError::invalid("name", m))?;
     accounts::valid_password(&req.password).map_err(|m| ApiError::invalid("password", m))?;
     if req.role.as_deref().is_some_and(|r| r != "member") {
-        return Err(ApiError::invalid("role", "new people are members; the box has one owner"));
+        return Err(ApiError::invalid(
+            "role",
+            "new people are members; the box has one owner",
+        ));
     }
     let db = state.db.clone();
     let created = tokio::task::spawn_blocking(move || {
         let hash = accounts::hash_password(&req.password).map_err(ApiError::internal)?;
-        db.create_user(&req.name, Role::Member, &hash).map_err(ApiError::internal)
+        db.create_user(&req.name, Role::Member, &hash)
+            .map_err(ApiError::internal)
     })
     .await
     .map_err(ApiError::internal)??;
     match created {
-        Created::Done(user) => Ok((StatusCode::CREATED, Json(json!({ "user": user }))).into_response()),
+        Created::Done(user) => {
+            Ok((StatusCode::CREATED, Json(json!({ "user": user }))).into_response())
+        }
         Created::Conflict => Err(ApiError::new(
             StatusCode::CONFLICT,
             "name_taken",
@@ -722,7 +749,10 @@ pub async fn reset_password(
 
 // ---- tokens -------------------------------------------------------------------------------
 
-pub async fn list_tokens(State(state): State<AppState>, user: CurrentUser) -> Result<Json<Value>, ApiError> {
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    user: CurrentUser,
+) -> Result<Json<Value>, ApiError> {
     let db = state.db.clone();
     let tokens = tokio::task::spawn_blocking(move || db.tokens(user.user.id))
         .await
@@ -752,7 +782,9 @@ pub async fn create_token(
         .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": row.id, "name": row.name, "token": token, "created_at": row.created_at })),
+        Json(
+            json!({ "id": row.id, "name": row.name, "token": token, "created_at": row.created_at }),
+        ),
     )
         .into_response())
 }

@@ -62,22 +62,42 @@ pub fn render_markdown(text: &str) -> String {
     use pulldown_cmark::{CowStr, Event as Md, LinkType, Options, Parser, Tag, TagEnd, html};
     let safe_url = |url: &str| {
         let lower = url.trim().to_ascii_lowercase();
-        lower.starts_with("http://") || lower.starts_with("https://") || lower.starts_with("mailto:")
+        lower.starts_with("http://")
+            || lower.starts_with("https://")
+            || lower.starts_with("mailto:")
     };
     let mut options = Options::empty();
     options.insert(Options::ENABLE_TABLES);
     options.insert(Options::ENABLE_STRIKETHROUGH);
     let events = Parser::new_ext(text, options).map(|event| match event {
         Md::Html(raw) | Md::InlineHtml(raw) => Md::Text(raw),
-        Md::Start(Tag::Link { link_type, dest_url, title, id }) => Md::Start(Tag::Link {
+        Md::Start(Tag::Link {
             link_type,
-            dest_url: if safe_url(&dest_url) { dest_url } else { CowStr::from("") },
+            dest_url,
+            title,
+            id,
+        }) => Md::Start(Tag::Link {
+            link_type,
+            dest_url: if safe_url(&dest_url) {
+                dest_url
+            } else {
+                CowStr::from("")
+            },
             title,
             id,
         }),
-        Md::Start(Tag::Image { dest_url, title, id, .. }) => Md::Start(Tag::Link {
+        Md::Start(Tag::Image {
+            dest_url,
+            title,
+            id,
+            ..
+        }) => Md::Start(Tag::Link {
             link_type: LinkType::Inline,
-            dest_url: if safe_url(&dest_url) { dest_url } else { CowStr::from("") },
+            dest_url: if safe_url(&dest_url) {
+                dest_url
+            } else {
+                CowStr::from("")
+            },
             title,
             id,
         }),
@@ -115,11 +135,21 @@ pub struct ConversationFields {
 
 impl ConversationFields {
     fn check(&self) -> Result<(), ApiError> {
-        if self.title.as_ref().is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS) {
-            return Err(ApiError::invalid("title", "a title is at most 200 characters"));
+        if self
+            .title
+            .as_ref()
+            .is_some_and(|t| t.chars().count() > MAX_TITLE_CHARS)
+        {
+            return Err(ApiError::invalid(
+                "title",
+                "a title is at most 200 characters",
+            ));
         }
         if self.model.as_ref().is_some_and(|m| m.len() > 256) {
-            return Err(ApiError::invalid("model", "a model name is at most 256 bytes"));
+            return Err(ApiError::invalid(
+                "model",
+                "a model name is at most 256 bytes",
+            ));
         }
         if self
             .system_prompt
@@ -151,7 +181,11 @@ pub async fn create(
         )
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "conversation": conversation }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "conversation": conversation })),
+    )
+        .into_response())
 }
 
 pub async fn get(
@@ -171,7 +205,9 @@ pub async fn get(
         return Err(missing());
     };
     let messages: Vec<Value> = messages.iter().map(message_json).collect();
-    Ok(Json(json!({ "conversation": conversation, "messages": messages })))
+    Ok(Json(
+        json!({ "conversation": conversation, "messages": messages }),
+    ))
 }
 
 pub async fn update(
@@ -238,12 +274,17 @@ pub async fn send(
         }
         (content, _) => content.clone(),
     };
-    if req.model.as_ref().is_some_and(|m| m.is_empty() || m.len() > 256) {
+    if req
+        .model
+        .as_ref()
+        .is_some_and(|m| m.is_empty() || m.len() > 256)
+    {
         return Err(ApiError::invalid("model", "'model' must name a model"));
     }
     let db = state.db.clone();
     let uid = user.user.id;
-    let (conversation, history) = blocking(move || Ok((db.conversation(uid, id)?, db.messages(uid, id)?))).await?;
+    let (conversation, history) =
+        blocking(move || Ok((db.conversation(uid, id)?, db.messages(uid, id)?))).await?;
     let (Some(conversation), Some(mut history)) = (conversation, history) else {
         return Err(missing());
     };
@@ -258,7 +299,11 @@ pub async fn send(
             ));
         }
     }
-    let model = match req.model.clone().or_else(|| Some(conversation.model.clone()).filter(|m| !m.is_empty())) {
+    let model = match req
+        .model
+        .clone()
+        .or_else(|| Some(conversation.model.clone()).filter(|m| !m.is_empty()))
+    {
         Some(model) => model,
         None => default_model(&state).await?,
     };
@@ -292,7 +337,11 @@ pub async fn send(
     match events.next().await {
         Some(Event::Started { .. }) => {}
         Some(Event::Error(e)) => return Err(e.into()),
-        other => return Err(ApiError::internal(format!("unexpected first event {other:?}"))),
+        other => {
+            return Err(ApiError::internal(format!(
+                "unexpected first event {other:?}"
+            )));
+        }
     }
 
     let db = state.db.clone();
@@ -323,7 +372,9 @@ pub async fn send(
     tokio::spawn(relay_answer(db, id, stored_user, events, tx));
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
         .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())));
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Moves the answer from the inference service to the browser and stores it. When the browser
@@ -337,7 +388,9 @@ async fn relay_answer(
     tx: mpsc::Sender<Value>,
 ) {
     if let Some(message) = &stored_user {
-        let _ = tx.send(json!({ "type": "user", "message": message_json(message) })).await;
+        let _ = tx
+            .send(json!({ "type": "user", "message": message_json(message) }))
+            .await;
     }
     let mut answer = String::new();
     let outcome: Result<Option<Completion>, String> = loop {
@@ -348,7 +401,11 @@ async fn relay_answer(
         match event {
             Some(Event::Text { text }) => {
                 answer.push_str(&text);
-                if tx.send(json!({ "type": "delta", "text": text })).await.is_err() {
+                if tx
+                    .send(json!({ "type": "delta", "text": text }))
+                    .await
+                    .is_err()
+                {
                     break Ok(None);
                 }
             }
@@ -373,12 +430,20 @@ async fn relay_answer(
         return;
     }
     let stored = tokio::task::spawn_blocking(move || {
-        db.add_message(conversation_id, "assistant", &answer, stopped, timings.as_deref())
+        db.add_message(
+            conversation_id,
+            "assistant",
+            &answer,
+            stopped,
+            timings.as_deref(),
+        )
     })
     .await;
     match (stored, outcome) {
         (Ok(Ok(message)), Ok(_)) => {
-            let _ = tx.send(json!({ "type": "done", "message": message_json(&message) })).await;
+            let _ = tx
+                .send(json!({ "type": "done", "message": message_json(&message) }))
+                .await;
         }
         (Ok(Ok(_)), Err(message)) => {
             log::warn!(error = message.as_str(); "an answer broke off");
@@ -436,11 +501,16 @@ mod tests {
         assert!(!html.contains("<script"), "{html}");
         assert!(!html.contains("<img"), "{html}");
         assert!(html.contains("&lt;script&gt;"), "{html}");
-        let html = render_markdown("[x](javascript:alert(1)) [y](https://example.org) ![i](http://e/x.png)");
+        let html = render_markdown(
+            "[x](javascript:alert(1)) [y](https://example.org) ![i](http://e/x.png)",
+        );
         assert!(!html.contains("javascript:"), "{html}");
         assert!(html.contains("href=\"https://example.org\""), "{html}");
         assert!(!html.contains("<img"), "{html}");
         let html = render_markdown("```rust\nfn main() {}\n```");
-        assert!(html.contains("<pre><code class=\"language-rust\">"), "{html}");
+        assert!(
+            html.contains("<pre><code class=\"language-rust\">"),
+            "{html}"
+        );
     }
 }

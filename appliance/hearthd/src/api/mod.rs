@@ -5,6 +5,7 @@ pub mod auth;
 mod conversations;
 mod error;
 mod health;
+pub mod models;
 mod openai;
 mod system;
 #[cfg(test)]
@@ -46,6 +47,8 @@ pub struct AppState {
     pub box_name: Arc<tokio::sync::watch::Sender<String>>,
     /// When hearthd started, for uptime.
     pub started: Instant,
+    /// The model library.
+    pub store: hearth_store::Store,
 }
 
 impl AppState {
@@ -77,15 +80,32 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/ui/users", get(auth::list_users).post(auth::create_user)),
         ("/ui/users/{id}", delete(auth::delete_user)),
         ("/ui/users/{id}/password", post(auth::reset_password)),
-        ("/ui/tokens", get(auth::list_tokens).post(auth::create_token)),
+        (
+            "/ui/tokens",
+            get(auth::list_tokens).post(auth::create_token),
+        ),
         ("/ui/tokens/{id}", delete(auth::delete_token)),
-        ("/ui/conversations", get(conversations::list).post(conversations::create)),
-        ("/ui/conversations/{id}", get(conversations::get) .patch(conversations::update) .delete(conversations::delete)),
+        (
+            "/ui/conversations",
+            get(conversations::list).post(conversations::create),
+        ),
+        (
+            "/ui/conversations/{id}",
+            get(conversations::get)
+                .patch(conversations::update)
+                .delete(conversations::delete),
+        ),
         ("/ui/conversations/{id}/messages", post(conversations::send)),
         ("/ui/system", get(system::system)),
         ("/ui/system/logs", get(system::logs)),
-        ("/ui/settings", get(system::settings).put(system::change_settings)),
+        (
+            "/ui/settings",
+            get(system::settings).put(system::change_settings),
+        ),
     ]
+    .into_iter()
+    .chain(models::route_table())
+    .collect()
 }
 
 pub fn app(state: AppState) -> Router {
@@ -98,9 +118,17 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(body_timeout))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .layer(middleware::from_fn_with_state(state.clone(), auth::check_host))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            body_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::check_host,
+        ))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

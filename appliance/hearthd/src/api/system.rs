@@ -12,14 +12,23 @@ use super::AppState;
 use super::auth::{CurrentUser, Owner};
 use super::error::{ApiError, ApiJson};
 
-pub async fn system(State(state): State<AppState>, _: CurrentUser) -> Result<Json<Value>, ApiError> {
+pub async fn system(
+    State(state): State<AppState>,
+    _: CurrentUser,
+) -> Result<Json<Value>, ApiError> {
     let data_dir = state.config.data_dir.clone();
     let mut info = tokio::task::spawn_blocking(move || host_info(&data_dir))
         .await
         .map_err(ApiError::internal)?;
-    let inference = match tokio::time::timeout(Duration::from_secs(2), state.inference.status()).await {
-        Ok(Ok(models)) => json!({ "state": "ok", "models": models, "restarts": state.worker_health().restarts }),
-        _ => json!({ "state": "unavailable", "models": [], "restarts": state.worker_health().restarts }),
+    let inference = match tokio::time::timeout(Duration::from_secs(2), state.inference.status())
+        .await
+    {
+        Ok(Ok(models)) => {
+            json!({ "state": "ok", "models": models, "restarts": state.worker_health().restarts })
+        }
+        _ => {
+            json!({ "state": "unavailable", "models": [], "restarts": state.worker_health().restarts })
+        }
     };
     info["inference"] = inference;
     info["uptime_s"] = json!(state.started.elapsed().as_secs());
@@ -30,13 +39,20 @@ fn host_info(data_dir: &std::path::Path) -> Value {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let cpu_model = read("/proc/cpuinfo").and_then(|text| {
         text.lines()
-            .find(|l| l.starts_with("model name") || l.starts_with("Model") || l.starts_with("uarch"))
+            .find(|l| {
+                l.starts_with("model name") || l.starts_with("Model") || l.starts_with("uarch")
+            })
             .and_then(|l| l.split_once(':'))
             .map(|(_, v)| v.trim().to_owned())
     });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load: Vec<f64> = read("/proc/loadavg")
-        .map(|t| t.split_whitespace().take(3).filter_map(|v| v.parse().ok()).collect())
+        .map(|t| {
+            t.split_whitespace()
+                .take(3)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     let meminfo = read("/proc/meminfo").unwrap_or_default();
     let mem = |key: &str| {
@@ -56,8 +72,11 @@ fn host_info(data_dir: &std::path::Path) -> Value {
         .filter_map(|t| t.trim().parse::<f64>().ok())
         .map(|milli| milli / 1000.0)
         .reduce(f64::max);
-    let host_uptime_s = read("/proc/uptime")
-        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()));
+    let host_uptime_s = read("/proc/uptime").and_then(|t| {
+        t.split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+    });
     let kernel = read("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned());
     json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -74,7 +93,10 @@ pub async fn logs(_: Owner) -> Json<Value> {
     Json(json!({ "lines": crate::logging::recent(200) }))
 }
 
-pub async fn settings(State(state): State<AppState>, _: CurrentUser) -> Result<Json<Value>, ApiError> {
+pub async fn settings(
+    State(state): State<AppState>,
+    _: CurrentUser,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({ "box_name": state.box_name.borrow().clone() })))
 }
 

@@ -131,6 +131,11 @@ pub(super) fn state_with(up: bool) -> (AppState, Arc<FakeInference>, tempfile::T
         hosts: Arc::new(std::sync::RwLock::new(["hearth.local".to_owned()].into())),
         box_name: Arc::new(tokio::sync::watch::channel("hearth".to_owned()).0),
         started: std::time::Instant::now(),
+        store: hearth_store::Store::open(hearth_store::StoreConfig {
+            root: dir.path().join("models"),
+            ..Default::default()
+        })
+        .unwrap(),
     };
     (state, fake, dir)
 }

@@ -22,7 +22,11 @@ impl Role {
     }
 
     fn parse(s: &str) -> Self {
-        if s == "owner" { Self::Owner } else { Self::Member }
+        if s == "owner" {
+            Self::Owner
+        } else {
+            Self::Member
+        }
     }
 }
 
@@ -152,11 +156,8 @@ impl Db {
     /// conversations. False when there was no such member.
     pub fn delete_member(&self, id: i64) -> Result<bool, Error> {
         self.with(|c| {
-            c.execute(
-                "DELETE FROM users WHERE id = ?1 AND role = 'member'",
-                [id],
-            )
-            .map(|n| n > 0)
+            c.execute("DELETE FROM users WHERE id = ?1 AND role = 'member'", [id])
+                .map(|n| n > 0)
         })
     }
 
@@ -241,7 +242,12 @@ impl Db {
         })
     }
 
-    pub fn create_token(&self, user_id: i64, name: &str, token_hash: &str) -> Result<TokenRow, Error> {
+    pub fn create_token(
+        &self,
+        user_id: i64,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<TokenRow, Error> {
         self.with(|c| {
             c.execute(
                 "INSERT INTO api_tokens (user_id, name, token_hash) VALUES (?1, ?2, ?3)",
@@ -335,9 +341,18 @@ mod tests {
     fn only_one_owner_can_ever_be_created() {
         let (_dir, db) = db();
         assert!(!db.owner_exists().unwrap());
-        assert!(matches!(db.create_user("ana", Role::Owner, "h").unwrap(), Created::Done(_)));
-        assert!(matches!(db.create_user("bob", Role::Owner, "h").unwrap(), Created::Conflict));
-        assert!(matches!(db.create_user("ANA", Role::Member, "h").unwrap(), Created::Conflict));
+        assert!(matches!(
+            db.create_user("ana", Role::Owner, "h").unwrap(),
+            Created::Done(_)
+        ));
+        assert!(matches!(
+            db.create_user("bob", Role::Owner, "h").unwrap(),
+            Created::Conflict
+        ));
+        assert!(matches!(
+            db.create_user("ANA", Role::Member, "h").unwrap(),
+            Created::Conflict
+        ));
         assert!(db.owner_exists().unwrap());
     }
 
@@ -352,21 +367,31 @@ mod tests {
                     // Separate connections, as separate processes (the admin CLI) would have.
                     let db = Db::open(&path).unwrap();
                     matches!(
-                        db.create_user(&format!("owner{i}"), Role::Owner, "h").unwrap(),
+                        db.create_user(&format!("owner{i}"), Role::Owner, "h")
+                            .unwrap(),
                         Created::Done(_)
                     )
                 })
             })
             .collect();
-        let winners = handles.into_iter().filter(|_| true).map(|h| h.join().unwrap()).filter(|w| *w).count();
+        let winners = handles
+            .into_iter()
+            .filter(|_| true)
+            .map(|h| h.join().unwrap())
+            .filter(|w| *w)
+            .count();
         assert_eq!(winners, 1);
     }
 
     #[test]
     fn deleting_a_member_removes_their_sessions_and_tokens_but_the_owner_stays() {
         let (_dir, db) = db();
-        let Created::Done(owner) = db.create_user("ana", Role::Owner, "h").unwrap() else { panic!() };
-        let Created::Done(bob) = db.create_user("bob", Role::Member, "h").unwrap() else { panic!() };
+        let Created::Done(owner) = db.create_user("ana", Role::Owner, "h").unwrap() else {
+            panic!()
+        };
+        let Created::Done(bob) = db.create_user("bob", Role::Member, "h").unwrap() else {
+            panic!()
+        };
         db.create_session("s1", bob.id, "c", i64::MAX).unwrap();
         db.create_token(bob.id, "t", "th").unwrap();
         assert!(!db.delete_member(owner.id).unwrap());
@@ -379,12 +404,17 @@ mod tests {
     #[test]
     fn expired_sessions_are_not_returned() {
         let (_dir, db) = db();
-        let Created::Done(ana) = db.create_user("ana", Role::Owner, "h").unwrap() else { panic!() };
+        let Created::Done(ana) = db.create_user("ana", Role::Owner, "h").unwrap() else {
+            panic!()
+        };
         db.create_session("old", ana.id, "c", 100).unwrap();
         db.create_session("new", ana.id, "c", 1000).unwrap();
         assert!(db.session("old", 500).unwrap().is_none());
         assert_eq!(db.session("new", 500).unwrap().unwrap().user, ana);
         db.set_password(ana.id, "h2").unwrap();
-        assert!(db.session("new", 500).unwrap().is_none(), "a new password ends sessions");
+        assert!(
+            db.session("new", 500).unwrap().is_none(),
+            "a new password ends sessions"
+        );
     }
 }

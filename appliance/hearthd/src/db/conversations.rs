@@ -75,7 +75,11 @@ fn like_pattern(text: &str) -> String {
 }
 
 impl Db {
-    pub fn conversations(&self, user_id: i64, search: Option<&str>) -> Result<Vec<Conversation>, Error> {
+    pub fn conversations(
+        &self,
+        user_id: i64,
+        search: Option<&str>,
+    ) -> Result<Vec<Conversation>, Error> {
         self.with(|c| {
             let mut stmt = c.prepare(&format!(
                 "SELECT {CONVERSATION_COLUMNS} FROM conversations
@@ -162,7 +166,11 @@ impl Db {
     }
 
     /// The messages of a conversation, oldest first; `None` when it is not this person's.
-    pub fn messages(&self, user_id: i64, conversation_id: i64) -> Result<Option<Vec<Message>>, Error> {
+    pub fn messages(
+        &self,
+        user_id: i64,
+        conversation_id: i64,
+    ) -> Result<Option<Vec<Message>>, Error> {
         self.with(|c| {
             let owned: bool = c.query_row(
                 "SELECT EXISTS (SELECT 1 FROM conversations WHERE id = ?1 AND user_id = ?2)",
@@ -242,16 +250,31 @@ mod tests {
     fn a_person_cannot_see_or_change_another_persons_conversation() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("hearth.db")).unwrap();
-        let Created::Done(a) = db.create_user("a", Role::Owner, "h").unwrap() else { panic!() };
-        let Created::Done(b) = db.create_user("b", Role::Member, "h").unwrap() else { panic!() };
+        let Created::Done(a) = db.create_user("a", Role::Owner, "h").unwrap() else {
+            panic!()
+        };
+        let Created::Done(b) = db.create_user("b", Role::Member, "h").unwrap() else {
+            panic!()
+        };
         let conv = db.create_conversation(a.id, "", "m", "").unwrap();
-        db.add_message(conv.id, "user", "  hello   there  ", false, None).unwrap();
-        assert_eq!(db.conversation(a.id, conv.id).unwrap().unwrap().title, "hello there");
+        db.add_message(conv.id, "user", "  hello   there  ", false, None)
+            .unwrap();
+        assert_eq!(
+            db.conversation(a.id, conv.id).unwrap().unwrap().title,
+            "hello there"
+        );
         assert!(db.conversation(b.id, conv.id).unwrap().is_none());
         assert!(db.messages(b.id, conv.id).unwrap().is_none());
         assert!(!db.delete_conversation(b.id, conv.id).unwrap());
-        let patch = ConversationPatch { title: Some("x".into()), ..Default::default() };
-        assert!(db.update_conversation(b.id, conv.id, &patch).unwrap().is_none());
+        let patch = ConversationPatch {
+            title: Some("x".into()),
+            ..Default::default()
+        };
+        assert!(
+            db.update_conversation(b.id, conv.id, &patch)
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(db.messages(a.id, conv.id).unwrap().unwrap().len(), 1);
     }
 
@@ -259,8 +282,11 @@ mod tests {
     fn search_matches_titles_literally() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("hearth.db")).unwrap();
-        let Created::Done(a) = db.create_user("a", Role::Owner, "h").unwrap() else { panic!() };
-        db.create_conversation(a.id, "dog vaccines", "", "").unwrap();
+        let Created::Done(a) = db.create_user("a", Role::Owner, "h").unwrap() else {
+            panic!()
+        };
+        db.create_conversation(a.id, "dog vaccines", "", "")
+            .unwrap();
         db.create_conversation(a.id, "100% sure", "", "").unwrap();
         assert_eq!(db.conversations(a.id, Some("VACC")).unwrap().len(), 1);
         assert_eq!(db.conversations(a.id, Some("%")).unwrap().len(), 1);
@@ -271,11 +297,14 @@ mod tests {
     fn regenerate_removes_only_a_trailing_assistant_message() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("hearth.db")).unwrap();
-        let Created::Done(a) = db.create_user("a", Role::Owner, "h").unwrap() else { panic!() };
+        let Created::Done(a) = db.create_user("a", Role::Owner, "h").unwrap() else {
+            panic!()
+        };
         let conv = db.create_conversation(a.id, "", "", "").unwrap();
         db.add_message(conv.id, "user", "q", false, None).unwrap();
         assert!(!db.delete_last_assistant_message(conv.id).unwrap());
-        db.add_message(conv.id, "assistant", "a", true, None).unwrap();
+        db.add_message(conv.id, "assistant", "a", true, None)
+            .unwrap();
         assert!(db.delete_last_assistant_message(conv.id).unwrap());
         assert_eq!(db.messages(a.id, conv.id).unwrap().unwrap().len(), 1);
     }
