@@ -11,19 +11,23 @@
 //! - [`mdns`]: answers as `<name>.local`, advertises `_https._tcp` and `_hearth._tcp`, moves to
 //!   `<name>-2.local` on a conflict and says so on a watch channel.
 //! - [`addrs`]: the box's own IP addresses.
+//! - [`service`]: all of the above started together for `hearthd`, plus a follower that keeps
+//!   the Host allowlist and the certificate in step with the box's names and addresses.
 //!
 //! It must never: download anything, log or serve private keys, write a key with permissions
 //! wider than 0600, or panic on what a client sends. It knows nothing about accounts, the
 //! database or models; `hearthd` wires it in.
 //!
-//! Current limits: HTTP/1.1 only (no h2); the certificate is not reissued when addresses change
-//! while running unless the caller calls [`DeviceIdentity::ensure_names`]; mDNS conflicts are
-//! resolved per interface by `mdns-sd`, and the last renamed interface's name is published.
+//! Current limits: HTTP/1.1 only (no h2); addresses are re-read every minute, so a new DHCP
+//! address is in the certificate within a minute; mDNS conflicts are resolved per interface by
+//! `mdns-sd`, and the last renamed interface's name is published; names are added to the
+//! allowlist while running, never removed (until restart).
 
 pub mod addrs;
 pub mod https;
 pub mod identity;
 pub mod mdns;
+pub mod service;
 pub mod web;
 
 use std::net::SocketAddr;
@@ -33,6 +37,7 @@ pub use addrs::{host_form, local_addresses};
 pub use https::{HttpsOptions, OverHttps, bind, serve_https};
 pub use identity::{DeviceIdentity, Names, certificate_names, fingerprint};
 pub use mdns::{MdnsConfig, validate_box_name};
+pub use service::{Lan, LanConfig, SharedHosts};
 pub use web::{certificate_routes, http_redirect_router, request_host};
 
 /// hearth-lan's errors; each names the file, address or name involved.

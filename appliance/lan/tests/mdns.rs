@@ -22,7 +22,10 @@ pub struct Netns {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     if !out.status.success() {
         bail!(
             "ip {}: {}",
@@ -178,7 +181,11 @@ fn two_boxes_called_hearth_one_becomes_hearth_2_and_both_resolve() {
     let checks = Netns::spawn_in(&net.b, move || -> Result<()> {
         let querier = ServiceDaemon::new()?;
         let found = resolve(&querier, "hearth.local.", Duration::from_secs(10))?;
-        assert_eq!(found, HashSet::from([addr_a]), "hearth.local before the second box");
+        assert_eq!(
+            found,
+            HashSet::from([addr_a]),
+            "hearth.local before the second box"
+        );
         querier.shutdown()?;
         Ok(())
     });
@@ -189,7 +196,11 @@ fn two_boxes_called_hearth_one_becomes_hearth_2_and_both_resolve() {
     let b = responder(&net.b, "hearth");
     let mut b_name = b.in_use.recv().unwrap();
     wait_name(&mut b_name, "hearth-2.local", Duration::from_secs(15)).unwrap();
-    assert_eq!(*a_name.borrow(), "hearth.local", "the first box keeps its name");
+    assert_eq!(
+        *a_name.borrow(),
+        "hearth.local",
+        "the first box keeps its name"
+    );
 
     // From the first box's network: both names resolve to the right box, and the service is
     // advertised with its TXT records.
@@ -257,5 +268,9 @@ fn two_boxes_called_hearth_one_becomes_hearth_2_and_both_resolve() {
     b.stop.send(true).unwrap();
     a.thread.join().unwrap();
     b.thread.join().unwrap();
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
 }
