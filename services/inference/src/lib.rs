@@ -6,17 +6,19 @@
 //!
 //! It runs apart from `hearthd` so that a crash, an abort or an out-of-memory kill in model
 //! code never takes the supervisor down. It must never touch HTTP, SQL or the model store:
-//! it is told which files to load and where to listen.
+//! it is told which files to load (`--model` at start, then `SetModels` requests whenever the
+//! library changes) and where to listen. An unloaded model's thread ends after its queued
+//! jobs, and its memory goes with it.
 
 mod slot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use hearth_engine::EngineConfig;
-use hearth_ipc::{ErrorKind, Event, Request, WorkerError, read_frame, write_frame};
+use hearth_ipc::{ErrorKind, Event, ModelSpec, Request, WorkerError, read_frame, write_frame};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
@@ -60,22 +62,23 @@ pub async fn serve(
         Err(e) => return Err(listen_err(e)),
     }
     let listener = UnixListener::bind(&config.socket).map_err(listen_err)?;
-    let slots: Arc<BTreeMap<String, ModelSlot>> = Arc::new(
-        config
-            .models
-            .iter()
-            .map(|(id, path)| {
-                let slot = ModelSlot::spawn(id, path, &config.engine, config.queue_depth);
-                (id.clone(), slot)
-            })
-            .collect(),
-    );
-    log::info!(socket:? = config.socket, models = slots.len(); "inference worker listening");
+    let slots: Slots = Arc::new(RwLock::new(BTreeMap::new()));
+    let initial: Vec<ModelSpec> = config
+        .models
+        .iter()
+        .map(|(id, path)| ModelSpec {
+            id: id.clone(),
+            path: path.clone(),
+        })
+        .collect();
+    set_models(&slots, &initial, &config);
+    let config = Arc::new(config);
+    log::info!(socket:? = config.socket, models = initial.len(); "inference worker listening");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(handle_connection(stream, slots.clone()));
+                    tokio::spawn(handle_connection(stream, slots.clone(), config.clone()));
                 }
                 Err(e) => log::warn!(error:% = e; "accept failed"),
             },
@@ -86,7 +89,37 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle_connection(stream: UnixStream, slots: Arc<BTreeMap<String, ModelSlot>>) {
+/// The loaded models by id; replaced wholesale by `SetModels`.
+type Slots = Arc<RwLock<BTreeMap<String, Arc<ModelSlot>>>>;
+
+/// Makes the loaded set exactly `models`: starts new ones (and ones whose file changed), drops
+/// the others. A dropped slot's thread finishes its queued jobs, then ends and frees the model.
+fn set_models(slots: &Slots, models: &[ModelSpec], config: &WorkerConfig) {
+    let mut slots = slots.write().unwrap_or_else(PoisonError::into_inner);
+    slots.retain(|id, slot| {
+        let keep = models.iter().any(|m| m.id == *id && m.path == slot.path());
+        if !keep {
+            log::info!(model = id.as_str(); "unloading model");
+        }
+        keep
+    });
+    for m in models {
+        if !slots.contains_key(&m.id) {
+            log::info!(model = m.id.as_str(), path:? = m.path; "loading model");
+            let slot = ModelSlot::spawn(&m.id, &m.path, &config.engine, config.queue_depth);
+            slots.insert(m.id.clone(), Arc::new(slot));
+        }
+    }
+}
+
+fn status(slots: &Slots) -> Event {
+    let slots = slots.read().unwrap_or_else(PoisonError::into_inner);
+    Event::Status {
+        models: slots.values().map(|s| s.status()).collect(),
+    }
+}
+
+async fn handle_connection(stream: UnixStream, slots: Slots, config: Arc<WorkerConfig>) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
     let request = match read_frame::<_, Request>(&mut read).await {
@@ -100,13 +133,22 @@ async fn handle_connection(stream: UnixStream, slots: Arc<BTreeMap<String, Model
     };
     let chat = match request {
         Request::Status => {
-            let models = slots.values().map(ModelSlot::status).collect();
-            let _ = write_frame(&mut write, &Event::Status { models }).await;
+            let _ = write_frame(&mut write, &status(&slots)).await;
+            return;
+        }
+        Request::SetModels { models } => {
+            set_models(&slots, &models, &config);
+            let _ = write_frame(&mut write, &status(&slots)).await;
             return;
         }
         Request::Chat(chat) => chat,
     };
-    let Some(slot) = slots.get(&chat.model) else {
+    let slot = slots
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&chat.model)
+        .cloned();
+    let Some(slot) = slot else {
         let error = WorkerError::new(
             ErrorKind::UnknownModel,
             format!("no model named '{}'", chat.model),

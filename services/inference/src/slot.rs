@@ -20,6 +20,7 @@ struct Job {
 /// A model being loaded or served by its own thread.
 pub struct ModelSlot {
     id: String,
+    path: PathBuf,
     state: Arc<Mutex<ModelState>>,
     jobs: SyncSender<Job>,
 }
@@ -45,9 +46,15 @@ impl ModelSlot {
         }
         Self {
             id: id.to_owned(),
+            path: path.to_owned(),
             state,
             jobs,
         }
+    }
+
+    /// The file this slot loads.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn status(&self) -> ModelStatus {

@@ -24,6 +24,17 @@ pub enum Request {
     /// Render the chat template, tokenize and generate. Answered with `Started`, `Text`*,
     /// then `Done` or `Error`.
     Chat(ChatRequest),
+    /// Make the loaded set exactly `models`: new ids (or ids whose path changed) start
+    /// loading, ids not listed are unloaded once their queued jobs end. Answered with
+    /// [`Event::Status`]. `hearthd` sends it whenever the model library changes.
+    SetModels { models: Vec<ModelSpec> },
+}
+
+/// A model the worker should have loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    pub id: String,
+    pub path: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,6 +203,24 @@ mod tests {
         assert_eq!(got, Event::Started { prompt_tokens: 3 });
         writer.await.unwrap();
         assert!(read_frame::<_, Event>(&mut r).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn set_models_round_trips() {
+        let request = Request::SetModels {
+            models: vec![ModelSpec {
+                id: "m".into(),
+                path: "/data/models/blobs/sha256-00".into(),
+            }],
+        };
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &request).await.unwrap();
+        assert!(buf.starts_with(br#"{"type":"set_models","models":[{"id":"m""#));
+        let got: Request = read_frame(&mut BufReader::new(&buf[..]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, request);
     }
 
     #[tokio::test]
