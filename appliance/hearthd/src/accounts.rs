@@ -145,9 +145,11 @@ pub fn normalize_code(code: &str) -> String {
         .collect()
 }
 
-/// Throttles failed logins per account and per client address with exponential backoff.
-/// The first few failures are free; later ones make the next attempt wait, doubling up to a
-/// cap. It never locks anyone out for good, and a success clears the account's record.
+/// Throttles failed logins with exponential backoff, per account *as tried from one client
+/// address* and per client address. The first few failures are free; later ones make the next
+/// attempt wait, doubling up to a cap. Keying the account by address means a stranger
+/// hammering the owner's name slows only themself: the owner, from their own phone, still
+/// gets in at once. Nobody is ever locked out for good, and a success clears the record.
 #[derive(Debug)]
 pub struct LoginThrottle {
     entries: Mutex<HashMap<ThrottleKey, Failures>>,
@@ -157,7 +159,9 @@ pub struct LoginThrottle {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ThrottleKey {
-    Account(String),
+    /// A name (lowercased) tried from an address (`None` when the server did not record it).
+    Account(String, Option<IpAddr>),
+    /// Everything tried from an address, whatever the name; allowed 4x the free attempts.
     Address(IpAddr),
 }
 
@@ -215,8 +219,12 @@ impl LoginThrottle {
             });
             f.count = f.count.saturating_add(1);
             f.last = now;
-            if f.count >= self.free_attempts {
-                let doublings = (f.count - self.free_attempts).min(16);
+            let free = match key {
+                ThrottleKey::Account(..) => self.free_attempts,
+                ThrottleKey::Address(_) => self.free_attempts * 4,
+            };
+            if f.count >= free {
+                let doublings = (f.count - free).min(16);
                 let wait = Duration::from_secs(1u64 << doublings).min(self.max_wait);
                 f.blocked_until = now + wait;
             }
@@ -291,7 +299,7 @@ mod tests {
     #[test]
     fn throttle_backs_off_and_forgives() {
         let t = LoginThrottle::new(3, Duration::from_secs(60));
-        let keys = [ThrottleKey::Account("ana".into())];
+        let keys = [ThrottleKey::Account("ana".into(), None)];
         let now = Instant::now();
         for _ in 0..2 {
             t.failed(&keys, now);

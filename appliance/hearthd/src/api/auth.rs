@@ -541,7 +541,7 @@ pub async fn login(
     ConnectInfoOpt(ip): ConnectInfoOpt,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let account = ThrottleKey::Account(req.name.to_lowercase());
+    let account = ThrottleKey::Account(req.name.to_lowercase(), ip);
     let mut keys = vec![account.clone()];
     keys.extend(ip.map(ThrottleKey::Address));
     throttled(&state.accounts.throttle, &keys)?;
@@ -609,7 +609,7 @@ pub async fn change_password(
     ApiJson(req): ApiJson<PasswordChange>,
 ) -> Result<Response, ApiError> {
     accounts::valid_password(&req.new).map_err(|m| ApiError::invalid("new", m))?;
-    let keys = [ThrottleKey::Account(current.user.name.to_lowercase())];
+    let keys = [ThrottleKey::Account(current.user.name.to_lowercase(), None)];
     throttled(&state.accounts.throttle, &keys)?;
     let db = state.db.clone();
     let user_id = current.user.id;

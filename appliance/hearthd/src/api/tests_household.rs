@@ -701,3 +701,70 @@ async fn settings_and_system_answer_and_bad_box_names_are_refused() {
     }
     let _ = TEST_TOKEN;
 }
+
+async fn login_from(state: &AppState, name: &str, password: &str, ip: [u8; 4]) -> StatusCode {
+    let mut req = json_req(
+        Method::POST,
+        "/ui/login",
+        json!({ "name": name, "password": password }),
+    );
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            ip, 40000,
+        ))));
+    send_raw(state, req).await.0
+}
+
+#[tokio::test]
+async fn a_thousand_bad_logins_slow_the_attacker_but_the_owner_still_gets_in() {
+    let (state, _, _dir) = state_with(true);
+    do_setup(&state).await;
+    let attacker = [192, 168, 1, 66];
+    let mut limited = 0;
+    for _ in 0..1000 {
+        match login_from(&state, "Ana", "guess guess", attacker).await {
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            StatusCode::UNAUTHORIZED => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        limited >= 990,
+        "one address is throttled after a few tries ({limited} limited)"
+    );
+    // Many addresses, a few tries each (a botnet on the LAN).
+    for i in 0..60u8 {
+        for _ in 0..2 {
+            let status = login_from(&state, "Ana", "guess guess", [10, 9, 0, i]).await;
+            assert!(matches!(
+                status,
+                StatusCode::UNAUTHORIZED | StatusCode::TOO_MANY_REQUESTS
+            ));
+        }
+    }
+    // The owner, from their own phone, is not locked out by any of it.
+    assert_eq!(
+        login_from(&state, "ana", "owner password", [192, 168, 1, 10]).await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn an_empty_or_missing_host_is_refused() {
+    let (state, _, _dir) = test_state(true);
+    let req = Request::get("/healthz")
+        .header(header::HOST, "")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send_raw(&state, req).await.0,
+        StatusCode::MISDIRECTED_REQUEST
+    );
+    let mut req = Request::get("/healthz").body(Body::empty()).unwrap();
+    req.headers_mut().insert(header::HOST, "x".parse().unwrap());
+    req.headers_mut().remove(header::HOST);
+    let res = tower::ServiceExt::oneshot(super::app(state.clone()), req)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::MISDIRECTED_REQUEST);
+}
