@@ -6,7 +6,7 @@
 //
 // Run with tests/browser/run (it installs chromium and playwright-core first).
 
-import { after, before, describe, test } from "node:test";
+import { after, before, describe, test as nodeTest } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
@@ -19,6 +19,7 @@ const PAGES = ["#/chat", "#/models", "#/system", "#/settings"];
 
 let box, browser, page;
 const problems = []; // page errors and CSP violations seen during the run
+const requests = []; // "status METHOD path" of every /ui request, shown when a test fails
 let ownerConversation = null;
 
 /** Every element must fit the viewport, except inside something that scrolls or clips it. */
@@ -65,7 +66,7 @@ async function narrowCheck(name) {
 
 async function go(hash) {
   await page.evaluate((h) => { location.hash = h; }, hash);
-  await page.locator("main .page, main .chat").first().waitFor();
+  await page.locator("main[data-page=" + hash.split("/")[1] + "]").waitFor();
   await page.waitForLoadState("networkidle").catch(() => {});
 }
 
@@ -78,7 +79,7 @@ async function login(who) {
 
 async function logout() {
   await page.getByRole("button", { name: "Log out" }).click();
-  await page.getByRole("heading", { name: "Log in" }).waitFor();
+  await page.locator("main[data-page=login]").waitFor();
 }
 
 /** Sends `text` and records every text the answer shows while it streams (a MutationObserver). */
@@ -98,11 +99,28 @@ async function sendAndWatch(text) {
   await page.locator("#prompt").press("Enter");
 }
 
+/** A test that leaves a screenshot of the page behind when it fails. */
+function test(name, fn) {
+  nodeTest(name, async (t) => {
+    try { await fn(t); } catch (e) {
+      fs.mkdirSync(shots, { recursive: true });
+      const file = path.join(shots, "failed-" + name.replace(/\W+/g, "-").slice(0, 60) + ".png");
+      if (page) await page.screenshot({ path: file }).catch(() => {});
+      console.error("last requests:\n" + requests.slice(-25).join("\n"));
+      throw e;
+    }
+  });
+}
+
 describe("the web UI in Chromium", { timeout: 600_000 }, () => {
   before(async () => {
     box = await startHearth();
     browser = await startBrowser();
     page = await browser.context.newPage();
+    page.on("response", (r) => {
+      const u = new URL(r.url());
+      if (u.pathname.startsWith("/ui/")) requests.push(r.status() + " " + r.request().method() + " " + u.pathname + u.search);
+    });
     page.on("pageerror", (e) => problems.push("page error: " + e.message));
     page.on("console", (m) => {
       // Failed requests (401 before login, 404 probes) are logged by Chromium too; those are fine.
@@ -186,12 +204,19 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
   });
 
   test("regenerate replaces the last answer", async () => {
-    const before = await page.locator("#log .msg.assistant").last().getAttribute("data-id");
+    // The last answer is the stopped one; its replacement streams in and finishes.
+    await page.evaluate(() => { window.__old = document.querySelector("#log .msg.assistant:last-child"); });
     await page.getByRole("button", { name: "Regenerate" }).click();
     const answer = page.locator("#log .msg.assistant").last();
     await answer.and(page.locator("[data-state=done]")).waitFor({ timeout: 300_000 });
-    assert.notEqual(await answer.getAttribute("data-id"), before);
+    assert.equal(await page.evaluate(() => window.__old.isConnected), false, "the old answer is gone");
+    assert.doesNotMatch(await answer.locator(".meta").textContent(), /stopped/);
+    assert.match(await answer.locator(".meta").textContent(), /tokens\/s/);
     assert.equal(await page.locator("#log .msg.assistant").count(), 2);
+    // The box agrees.
+    await page.reload();
+    await page.locator("#log .msg").nth(3).waitFor();
+    assert.doesNotMatch(await page.locator("#log .msg.assistant").last().locator(".meta").textContent(), /stopped/);
   });
 
   test("rename, search by title, and delete conversations", async () => {

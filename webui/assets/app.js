@@ -11,6 +11,7 @@ const view = document.getElementById("view");
 const bar = document.getElementById("bar");
 const session = { user: null, boxName: "Hearth" };
 let current = null; // { name, unmount }
+let generation = 0; // bumped by every navigation, logout and sign-in; a page that loads late is dropped
 
 // Pages other than chat load on first visit, which keeps the chat page's first load small.
 const pages = {
@@ -21,8 +22,10 @@ const pages = {
 };
 
 function unmount() {
+  generation++;
   if (current && current.unmount) current.unmount();
   current = null;
+  delete view.dataset.page;
 }
 
 function parseHash() {
@@ -41,14 +44,16 @@ async function route() {
   // The chat page handles moves between its own conversations without a re-render.
   if (current && current.name === name && current.navigate) return current.navigate(rest);
   unmount();
+  const mine = ++generation;
   const ctx = { session, rest, refreshSession };
   let page;
   try { page = await (await pages[name]())(ctx); } catch (e) {
-    fill(view, h("p", { class: "status error", text: "This page could not load: " + e.message }));
+    if (mine === generation) fill(view, h("p", { class: "status error", text: "This page could not load: " + e.message }));
     return;
   }
-  if (parseHash().name !== name) { if (page.unmount) page.unmount(); return; }
+  if (mine !== generation || !session.user) { if (page.unmount) page.unmount(); return; }
   fill(view, page.el);
+  view.dataset.page = name;
   current = { name, ...page };
   document.title = (page.title || name[0].toUpperCase() + name.slice(1)) + " · " + session.boxName;
 }
@@ -66,6 +71,7 @@ function showGate(page) {
   unmount();
   bar.hidden = true;
   fill(view, page.el);
+  view.dataset.page = page.name;
   document.title = page.title + " · Hearth";
   const first = view.querySelector("input");
   if (first) first.focus();

@@ -3,7 +3,7 @@
 import { api } from "./api.js";
 import { h, field, statusLine } from "./dom.js";
 
-function gate(title, intro, fields, submitLabel, onSubmit) {
+function gate(name, title, intro, fields, submitLabel, onSubmit) {
   const status = statusLine();
   const button = h("button", { type: "submit", text: submitLabel });
   const form = h("form", { class: "card gate", novalidate: true },
@@ -21,7 +21,7 @@ function gate(title, intro, fields, submitLabel, onSubmit) {
       status.set(e.message, true);
     } finally { button.disabled = false; }
   });
-  return { el: h("div", { class: "gate-wrap" }, form), title };
+  return { el: h("div", { class: "gate-wrap" }, form), title, name };
 }
 
 export function setupPage({ done }) {
@@ -34,7 +34,7 @@ export function setupPage({ done }) {
   const pw = field("Password (at least 8 characters)", { name: "password", type: "password",
     autocomplete: "new-password", required: true, minlength: 8 });
   const pw2 = field("Password again", { name: "password2", type: "password", autocomplete: "new-password", required: true });
-  return gate("Set up Hearth", "Welcome. You become this box's owner: you add the other people and manage models.",
+  return gate("setup", "Set up Hearth", "Welcome. You become this box's owner: you add the other people and manage models.",
     [code, name, pw, pw2], "Create owner account", async (status) => {
       if (pw.input.value !== pw2.input.value) { status.set("The two passwords differ.", true); return; }
       try {
@@ -52,7 +52,7 @@ export function setupPage({ done }) {
 export function loginPage({ done }) {
   const name = field("Name", { name: "name", autocomplete: "username", required: true });
   const pw = field("Password", { name: "password", type: "password", autocomplete: "current-password", required: true });
-  return gate("Log in", null, [name, pw], "Log in", async (status) => {
+  return gate("login", "Log in", null, [name, pw], "Log in", async (status) => {
     try {
       const r = await api("POST", "/ui/login", { name: name.input.value.trim(), password: pw.input.value });
       done(r.user, r.csrf);

@@ -10,6 +10,7 @@ export async function systemPage({ session }) {
   const box = h("div", { class: "card", id: "system-facts" });
   const logs = h("ol", { class: "logs", id: "logs", "aria-label": "Recent log lines" });
   let timer = 0;
+  let alive = true;
 
   async function load() {
     try {
@@ -41,11 +42,11 @@ export async function systemPage({ session }) {
         if (r.lines.length === 0) logs.append(h("li", { class: "hint", text: "No log lines yet." }));
       } catch (e) { fill(logs, h("li", { class: "status error", text: e.message })); }
     }
-    timer = setTimeout(load, 5000);
+    if (alive) timer = setTimeout(load, 5000);
   }
 
   const el = h("div", { class: "page" }, h("h2", { text: "System" }), status, box,
     owner ? [h("h3", { text: "Recent log lines" }), logs] : null);
   await load();
-  return { el, title: "System", unmount() { clearTimeout(timer); timer = -1; } };
+  return { el, title: "System", unmount() { alive = false; clearTimeout(timer); } };
 }
