@@ -768,3 +768,36 @@ async fn an_empty_or_missing_host_is_refused() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::MISDIRECTED_REQUEST);
 }
+
+#[tokio::test]
+async fn a_valid_token_opens_v1_only_as_a_bearer_header() {
+    let (state, _, _dir) = test_state(true);
+    let variants: [(&str, Option<(&str, String)>); 5] = [
+        (
+            "/v1/models",
+            Some(("authorization", format!("Bearer {TEST_TOKEN}"))),
+        ),
+        ("/v1/models", Some(("x-api-key", TEST_TOKEN.to_owned()))),
+        (
+            "/v1/models",
+            Some(("cookie", format!("hearth_session={TEST_TOKEN}"))),
+        ),
+        (
+            "/v1/models",
+            Some(("authorization", format!("Basic {TEST_TOKEN}"))),
+        ),
+        (
+            &*Box::leak(format!("/v1/models?api_key={TEST_TOKEN}").into_boxed_str()),
+            None,
+        ),
+    ];
+    let mut statuses = Vec::new();
+    for (path, header) in variants {
+        let mut req = Request::get(path).body(Body::empty()).unwrap();
+        if let Some((name, value)) = header {
+            req.headers_mut().insert(name, value.parse().unwrap());
+        }
+        statuses.push(send_raw(&state, req).await.0.as_u16());
+    }
+    assert_eq!(statuses, [200, 401, 401, 401, 401]);
+}
