@@ -10,7 +10,7 @@ import { after, before, describe, test as nodeTest } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { repo, setupCode, startBrowser, startHearth } from "./hearth.js";
+import { model, repo, setupCode, startBrowser, startHearth } from "./hearth.js";
 
 const OWNER = { name: "Ada", password: "correct horse battery" };
 const MEMBER = { name: "Ben", password: "member password 1" };
@@ -278,6 +278,31 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
     };
     assert.notEqual(await bg("light"), await bg("dark"));
     await page.emulateMedia({ colorScheme: "light" });
+  });
+
+  test("models: upload a GGUF with a progress bar, then delete it", async () => {
+    await go("#/models");
+    await page.locator(".model h3").filter({ hasText: "SmolLM2" }).first().waitFor();
+    await page.locator("#model-file").setInputFiles(model);
+    await page.getByLabel("Name (optional)").fill("smol-upload");
+    // Record the progress bar's values as the chunks go up.
+    await page.evaluate(() => {
+      window.__progress = [];
+      const bar = document.querySelector("#upload progress");
+      new MutationObserver(() => window.__progress.push(bar.value)).observe(bar, { attributes: true });
+      const text = document.querySelector("#upload .progress-row .hint");
+      new MutationObserver(() => window.__progress.push(text.textContent)).observe(text, { childList: true, characterData: true, subtree: true });
+    });
+    await page.getByRole("button", { name: "Upload", exact: true }).click();
+    await page.locator("#upload .status").filter({ hasText: "Added smol-upload." }).waitFor({ timeout: 300_000 });
+    const seen = await page.evaluate(() => window.__progress);
+    assert.ok(seen.some((v) => typeof v === "string" && / of .*\(\d+ %\)/.test(v)), "progress shown: " + JSON.stringify(seen.slice(0, 5)));
+    const card = page.locator(".model[data-name=smol-upload]");
+    await card.waitFor();
+    assert.match(await card.locator("summary").textContent(), /MB · Q4_1 · llama/);
+    page.once("dialog", (d) => d.accept());
+    await card.getByRole("button", { name: "Delete" }).click();
+    await card.waitFor({ state: "detached" });
   });
 
   test("the pages show the box's state", async () => {
