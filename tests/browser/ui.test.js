@@ -18,6 +18,7 @@ const shots = path.join(repo, "target/browser-screenshots");
 const PAGES = ["#/chat", "#/models", "#/system", "#/settings"];
 
 let box, browser, page;
+let failed = false; // some test failed: show hearthd's log at the end
 const problems = []; // page errors and CSP violations seen during the run
 const requests = []; // "status METHOD path" of every /ui request, shown when a test fails
 let ownerConversation = null;
@@ -107,6 +108,7 @@ function test(name, fn) {
       const file = path.join(shots, "failed-" + name.replace(/\W+/g, "-").slice(0, 60) + ".png");
       if (page) await page.screenshot({ path: file }).catch(() => {});
       console.error("last requests:\n" + requests.slice(-25).join("\n"));
+      failed = true;
       throw e;
     }
   });
@@ -131,7 +133,7 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
   after(async () => {
     if (browser) await browser.close();
     if (box) {
-      if (process.exitCode) console.error(box.log());
+      if (failed) console.error("hearthd's log (last 80 lines):\n" + box.log().split("\n").slice(-80).join("\n"));
       await box.stop();
     }
   });
