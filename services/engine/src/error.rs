@@ -41,6 +41,9 @@ pub enum EngineError {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The engine's worker threads could not be started.
+    #[error("cannot start {threads} engine threads: {reason}")]
+    Threads { threads: usize, reason: String },
     #[error("tensor computation failed: {0}")]
     Compute(#[from] candle_core::Error),
 }

@@ -14,11 +14,16 @@
 //! rows; otherwise f16 query, online softmax and an f16 accumulator, with decoding split in two
 //! halves from 512 cached positions on).
 //!
-//! Current limits: CPU only, one sequence, no RoPE scaling other than linear; the kernels are
-//! portable Rust (SSE2 on x86-64 without target features), so they trail llama.cpp's.
+//! The block kernels ([`kernels`]) are portable Rust compiled twice, plainly and for AVX2+FMA,
+//! and picked at run time; that module is the only one that allows `unsafe`.
+//!
+//! Current limits: CPU only, one sequence, no RoPE scaling other than linear; the K-quants
+//! (Q4_K, Q6_K) still go through candle's `QMatMul` and its thread pool; weights are copied
+//! out of the file (not memory-mapped); no NEON build of the kernels yet.
 use crate::gguf::GgufModelFile;
 use crate::{EngineConfig, EngineError, Result};
 
+mod kernels;
 mod ops;
 mod quant;
 mod transformer;

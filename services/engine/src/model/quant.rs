@@ -3,22 +3,32 @@
 //! For the 32-element block formats (Q4_0, Q4_1, Q5_0, Q8_0) the engine has its own kernels:
 //! activations are quantized as ggml's x86 `quantize_row_q8_0`/`q8_1` do (scale `amax/127`
 //! rounded to f16, values rounded to nearest-even, and for Q8_1 the block sum `f16(d * Σq)`),
-//! then integer block dot products are scaled and summed. candle's own Q8_1 quantization
+//! then the block dot products of [`super::kernels`] (AVX2+FMA when the CPU has it, detected
+//! at run time) multiply them with the weights. candle's own Q8_1 quantization
 //! rounds the block sum through f16 twice (ggml rounds `d * Σq` once), and its Q4_1 and
 //! Q5_0 kernels are scalar, so these formats do not go through candle. The K-quants and
 //! float formats use candle's `QMatMul`.
 //!
-//! Work is split across candle's persistent CPU pool in chunks of weight rows; one call can
-//! run several matrices that share an input (q/k/v, gate/up), quantizing that input once.
-use std::sync::Mutex;
+//! Work is split across the engine's own thread pool (a `rayon` pool the model owns, sized by
+//! `EngineConfig::threads`; idle workers sleep instead of spinning) in chunks of weight rows;
+//! one call can run several matrices that share an input (q/k/v, gate/up), quantizing that
+//! input once. candle's `QMatMul` (K-quants) still threads itself with candle's pool.
+use std::sync::{Mutex, OnceLock};
+
+use rayon::prelude::*;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
+use super::kernels::{ActRow, Isa, QK, WeightRow, dot_rows};
 use super::ops::round_to_f16;
 use crate::Result;
 
-const QK: usize = 32;
+/// The kernels this CPU runs, detected once.
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(Isa::detect)
+}
 
 /// f16 bits to f32.
 fn f16_to_f32(h: u16) -> f32 {
@@ -111,13 +121,6 @@ impl QActs {
             qs: &self.qs[r],
         }
     }
-}
-
-#[derive(Clone, Copy)]
-struct ActRow<'a> {
-    d: &'a [f32],
-    s: &'a [f32],
-    qs: &'a [[i8; QK]],
 }
 
 /// Weights of one 32-block format, unpacked into separate arrays (scales as f32).
@@ -213,109 +216,30 @@ impl Blocks {
         }
     }
 
-    /// The integer values of weight row `r` (`nb` blocks), unpacked to one i8 per element
-    /// (Q8_0 rows are returned in place; the others are decoded into `buf`).
-    fn row_values<'a>(&'a self, r: usize, nb: usize, buf: &'a mut Vec<[i8; QK]>) -> &'a [[i8; QK]] {
+    /// Weight row `r` (`nb` blocks) for the kernels.
+    fn row(&self, r: usize, nb: usize) -> WeightRow<'_> {
         let range = r * nb..(r + 1) * nb;
-        buf.clear();
         match self {
-            Blocks::Q8_0 { qs, .. } => return &qs[range],
-            Blocks::Q4_0 { qs, .. } => buf.extend(qs[range].iter().map(|q| unpack_nibbles(q, 8))),
-            Blocks::Q4_1 { qs, .. } => buf.extend(qs[range].iter().map(|q| unpack_nibbles(q, 0))),
-            Blocks::Q5_0 { qs, qh, .. } => buf.extend(
-                qs[range.clone()]
-                    .iter()
-                    .zip(&qh[range])
-                    .map(|(q, &h)| unpack_q5(q, h)),
-            ),
-        }
-        buf
-    }
-
-    /// Dot product of weight row `r`, already unpacked to `values`, with one activation row.
-    fn dot(&self, r: usize, nb: usize, values: &[[i8; QK]], a: ActRow<'_>) -> f32 {
-        let range = r * nb..(r + 1) * nb;
-        let (d, mins) = match self {
-            Blocks::Q4_0 { d, .. } | Blocks::Q5_0 { d, .. } | Blocks::Q8_0 { d, .. } => (d, None),
-            Blocks::Q4_1 { d, m, .. } => (d, Some(&m[range.clone()])),
-        };
-        let mut acc = 0f32;
-        for ((&dx, x), (&dy, y)) in d[range].iter().zip(values).zip(a.d.iter().zip(a.qs)) {
-            #[allow(clippy::cast_precision_loss)]
-            let sumi = dot_i8(x, y) as f32;
-            acc += dx * dy * sumi;
-        }
-        if let Some(mins) = mins {
-            // Q4_1: the block minimum times the activation block's sum, added at the end as
-            // ggml does.
-            let summs: f32 = mins.iter().zip(a.s).map(|(&m, &s)| m * s).sum();
-            acc += summs;
-        }
-        acc
-    }
-}
-
-/// ggml's nibble layout: low nibbles are elements 0..16, high nibbles 16..32.
-fn unpack_nibbles(q: &[u8; 16], offset: i8) -> [i8; QK] {
-    let mut v = [0i8; QK];
-    for j in 0..16 {
-        // Nibbles are 0..=15, so the casts are exact.
-        #[allow(clippy::cast_possible_wrap)]
-        {
-            v[j] = (q[j] & 0x0f) as i8 - offset;
-            v[j + 16] = (q[j] >> 4) as i8 - offset;
+            Blocks::Q4_0 { d, qs } => WeightRow::Q4_0 {
+                d: &d[range.clone()],
+                qs: &qs[range],
+            },
+            Blocks::Q4_1 { d, m, qs } => WeightRow::Q4_1 {
+                d: &d[range.clone()],
+                m: &m[range.clone()],
+                qs: &qs[range],
+            },
+            Blocks::Q5_0 { d, qh, qs } => WeightRow::Q5_0 {
+                d: &d[range.clone()],
+                qh: &qh[range.clone()],
+                qs: &qs[range],
+            },
+            Blocks::Q8_0 { d, qs } => WeightRow::Q8_0 {
+                d: &d[range.clone()],
+                qs: &qs[range],
+            },
         }
     }
-    v
-}
-
-/// For each byte value, 0x10 in the lanes whose bit is set (Q5_0's fifth bits).
-const HIGH_BITS: [[u8; 8]; 256] = {
-    let mut t = [[0u8; 8]; 256];
-    let mut b = 0;
-    while b < 256 {
-        let mut i = 0;
-        while i < 8 {
-            if b & (1 << i) != 0 {
-                t[b][i] = 0x10;
-            }
-            i += 1;
-        }
-        b += 1;
-    }
-    t
-};
-
-/// Q5_0: element `e` is its nibble plus bit `e` of `qh` as the fifth bit, minus 16.
-fn unpack_q5(q: &[u8; 16], qh: u32) -> [i8; QK] {
-    let mut high = [0u8; QK];
-    for (chunk, byte) in high.chunks_exact_mut(8).zip(qh.to_le_bytes()) {
-        chunk.copy_from_slice(&HIGH_BITS[usize::from(byte)]);
-    }
-    let mut v = [0i8; QK];
-    for j in 0..16 {
-        // Five-bit values are 0..=31, so the casts are exact.
-        #[allow(clippy::cast_possible_wrap)]
-        {
-            v[j] = ((q[j] & 0x0f) | high[j]) as i8 - 16;
-            v[j + 16] = ((q[j] >> 4) | high[j + 16]) as i8 - 16;
-        }
-    }
-    v
-}
-
-/// Σ x·y over one block, exact in i32.
-fn dot_i8(x: &[i8; QK], y: &[i8; QK]) -> i32 {
-    // Pairs of i16 products summed into i32 lanes: the shape of SSE2's `pmaddwd`.
-    let mut acc = [0i32; 8];
-    for (xc, yc) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
-        for l in 0..8 {
-            let a = i32::from(xc[2 * l]) * i32::from(yc[2 * l]);
-            let b = i32::from(xc[2 * l + 1]) * i32::from(yc[2 * l + 1]);
-            acc[l] += a + b;
-        }
-    }
-    acc.iter().sum()
 }
 
 /// Formats the engine multiplies itself. candle's AVX2 kernels for Q4_0 and Q8_0 are not
@@ -388,8 +312,8 @@ impl QMatrix {
     }
 
     /// `x` (`m` rows of `k`) times this matrix transposed: `m` rows of `n`, row-major.
-    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        let mut out = matmul_shared(&[self], x, m)?;
+    pub fn matmul(&self, pool: &rayon::ThreadPool, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        let mut out = matmul_shared(pool, &[self], x, m)?;
         Ok(out.pop().unwrap_or_default())
     }
 }
@@ -399,7 +323,12 @@ const CHUNK_ROWS: usize = 16;
 
 /// Multiplies the same input `x` (`m` rows) by each of `mats` (all with the same `k`),
 /// quantizing `x` once per activation format and running all products in one parallel region.
-pub fn matmul_shared(mats: &[&QMatrix], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+pub fn matmul_shared(
+    pool: &rayon::ThreadPool,
+    mats: &[&QMatrix],
+    x: &[f32],
+    m: usize,
+) -> Result<Vec<Vec<f32>>> {
     let k = x.len() / m.max(1);
     let needs = |f: ActFormat| {
         mats.iter()
@@ -444,26 +373,20 @@ pub fn matmul_shared(mats: &[&QMatrix], x: &[f32], m: usize) -> Result<Vec<Vec<f
             });
         }
     }
+    let isa = isa();
     let run = |item: &Work<'_>| {
         let nb = item.mat.k / QK;
         let mut out = item.out.lock().unwrap_or_else(|e| e.into_inner());
-        let rows_here = out.len() / m;
-        let mut buf = Vec::with_capacity(nb);
-        for r in 0..rows_here {
-            let row = item.first_row + r;
-            // Unpack the weight row once, then use it for every activation row.
-            let values = item.blocks.row_values(row, nb, &mut buf);
-            for i in 0..item.acts.rows() {
-                out[r * m + i] = item.blocks.dot(row, nb, values, item.acts.row(i));
-            }
+        let acts: Vec<ActRow<'_>> = (0..item.acts.rows()).map(|i| item.acts.row(i)).collect();
+        for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
+            let row = item.blocks.row(item.first_row + r, nb);
+            dot_rows(isa, row, &acts, out_row);
         }
     };
-    if work.len() <= 1 {
+    if work.len() <= 1 || pool.current_num_threads() <= 1 {
         work.iter().for_each(run);
     } else {
-        candle_core::utils::barrier_pool().execute_chunked(work.len(), |range| {
-            work[range].iter().for_each(run);
-        });
+        pool.install(|| work.par_iter().for_each(run));
     }
     drop(work);
 
@@ -551,7 +474,11 @@ mod tests {
                 .zip(&acts.qs)
                 .flat_map(|(&d, q)| q.iter().map(move |&v| f32::from(v) * d))
                 .collect();
-            let got = mat.matmul(&x, m).unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(2)
+                .build()
+                .unwrap();
+            let got = mat.matmul(&pool, &x, m).unwrap();
             for i in 0..m {
                 for (j, wrow) in deq.iter().enumerate() {
                     let xrow = &xq[i * k..(i + 1) * k];

@@ -40,6 +40,8 @@ pub struct Transformer {
     cached: usize,
     /// Most positions a sequence may reach (the model's context, capped by the config).
     max_positions: usize,
+    /// The engine's own worker threads for the matrix products (not candle's pool).
+    pool: rayon::ThreadPool,
 }
 
 /// Loads tensors and checks their shapes against the hyperparameters.
@@ -134,7 +136,17 @@ impl Transformer {
             hp.n_head_kv,
             hp.context_length
         );
+        let threads = config.threads.unwrap_or_else(available_threads).max(1);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("hearth-matmul-{i}"))
+            .build()
+            .map_err(|e| EngineError::Threads {
+                threads,
+                reason: e.to_string(),
+            })?;
         Ok(Self {
+            pool,
             rope: RopeTable::new(hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale),
             cache: (0..hp.n_layer).map(|_| KvCache::default()).collect(),
             cached: 0,
@@ -177,6 +189,12 @@ impl Transformer {
     }
 }
 
+/// Logical CPUs this process may run on: the standard library reads the affinity mask and the
+/// cgroup CPU quota (`cpu.max`), so a container or a `taskset` limit is respected.
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+}
+
 /// Unpacks exactly `N` results of [`matmul_shared`].
 fn take<const N: usize>(v: Vec<Vec<f32>>) -> Result<[Vec<f32>; N]> {
     <[Vec<f32>; N]>::try_from(v)
@@ -213,6 +231,7 @@ impl Transformer {
         for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
             ops::rms_norm(&hidden, &layer.attn_norm, hp.rms_eps, &mut normed);
             let [mut q, mut k, mut v] = take(matmul_shared(
+                &self.pool,
                 &[&layer.wq, &layer.wk, &layer.wv],
                 &normed,
                 rows,
@@ -232,15 +251,20 @@ impl Transformer {
                 .apply(&mut k, start_pos, hp.n_head_kv, hp.head_dim, hp.rope_style);
             cache.append(&k, &v);
             ops::attention(&q, cache, start_pos, shape, &mut attn);
-            let o = layer.wo.matmul(&attn, rows)?;
+            let o = layer.wo.matmul(&self.pool, &attn, rows)?;
             for (h, o) in hidden.iter_mut().zip(&o) {
                 *h += o;
             }
 
             ops::rms_norm(&hidden, &layer.ffn_norm, hp.rms_eps, &mut normed);
-            let [mut gate, up] = take(matmul_shared(&[&layer.gate, &layer.up], &normed, rows)?)?;
+            let [mut gate, up] = take(matmul_shared(
+                &self.pool,
+                &[&layer.gate, &layer.up],
+                &normed,
+                rows,
+            )?)?;
             ops::swiglu(&mut gate, &up);
-            let down = layer.down.matmul(&gate, rows)?;
+            let down = layer.down.matmul(&self.pool, &gate, rows)?;
             for (h, d) in hidden.iter_mut().zip(&down) {
                 *h += d;
             }
@@ -249,7 +273,7 @@ impl Transformer {
         let last = &hidden[(rows - 1) * hp.n_embd..];
         let mut last_normed = vec![0f32; hp.n_embd];
         ops::rms_norm(last, &self.output_norm, hp.rms_eps, &mut last_normed);
-        self.output.matmul(&last_normed, 1)
+        self.output.matmul(&self.pool, &last_normed, 1)
     }
 }
 
