@@ -597,3 +597,54 @@ fn a_full_disk_gives_a_clear_error_removes_the_partial_and_recovers() {
     assert_eq!(files(&root.join("uploads")), Vec::<String>::new());
     assert_eq!(store.list().unwrap().len(), 1);
 }
+
+/// Import throughput against a plain copy of the same file on the same disk, alternating so
+/// both see the same load. Run by hand: `cargo test --release -p hearth-store --test store
+/// -- --ignored --nocapture measure`.
+#[test]
+#[ignore]
+fn measure_import_throughput_against_cp() {
+    let dir = std::env::var_os("HEARTH_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/hearth/models")
+        });
+    let src = dir.join("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    let size = std::fs::metadata(&src).unwrap().len() as f64 / 1e6;
+    let work = tempfile::tempdir_in(dir.parent().unwrap()).unwrap();
+    for round in 0..3 {
+        let dst = work.path().join("copy.gguf");
+        let t = Instant::now();
+        let status = std::process::Command::new("cp")
+            .arg(&src)
+            .arg(&dst)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::fs::File::open(&dst).unwrap().sync_all().unwrap();
+        let cp = t.elapsed().as_secs_f64();
+        std::fs::remove_file(&dst).unwrap();
+        let root = work.path().join(format!("store{round}"));
+        let store = open(&root);
+        let t = Instant::now();
+        let mut f = std::fs::File::open(&src).unwrap();
+        store
+            .import_reader(
+                &mut f,
+                std::fs::metadata(&src).unwrap().len(),
+                "q",
+                Source::Usb,
+                &AtomicU64::new(0),
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+        let import = t.elapsed().as_secs_f64();
+        eprintln!(
+            "round {round}: cp + fsync {:.0} MB/s, store import (hash, fsync, validate, rename) {:.0} MB/s",
+            size / cp,
+            size / import
+        );
+        drop(store);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
