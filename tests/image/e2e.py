@@ -354,7 +354,7 @@ def main() -> int:
     vm: Vm | None = None
     token: str | None = None
     auth = False
-    models_dir = "/var/lib/hearth/files"
+    models_dir = "/var/lib/hearth/files"  # only without the store (an older hearthd)
     try:
         with Phase("boot to /readyz (first boot)"):
             vm = Vm(work, disk, stick, port, "boot1", args.arch)
@@ -440,12 +440,7 @@ def main() -> int:
                     time.sleep(1)
                 MODEL["id"] = STORE_NAME
             else:
-                # Waiting on the model store: copy the file onto the data partition with the
-                # store's durable-write pattern, where the image's config lists it.
-                log("   (no store API yet: durable copy onto the data partition + hearthd restart)")
-                vm.sh(durable_copy_cmd(f"/media/stick/{MODEL_ID}.gguf",
-                                       f"{models_dir}/{MODEL_ID}.gguf"), timeout=300)
-                vm.sh("systemctl restart hearthd", timeout=300)
+                raise Failure(f"GET /ui/models/media answered {status}: no model store")
             wait_ready(http, vm, 300, model_ready=True)
 
         with Phase("chat answer"):
