@@ -11,6 +11,7 @@
 //!   It is name-constrained to `.local`, `localhost`, the configured extra names, and
 //!   private/loopback/link-local addresses, so even a stolen CA key cannot impersonate
 //!   other sites to people who trusted it.
+//! - `ca.names` — the extra DNS names (configured `host_names`) the CA was created to permit.
 //! - `server.key`, `server.crt`, `server.names` — the TLS server certificate, signed by the
 //!   CA, and the list of names it covers (plus the CA fingerprint and its expiry).
 //!
@@ -18,7 +19,9 @@
 //! for exactly the names asked for, whenever one of them is not covered, the certificate is
 //! missing or unreadable, it was issued by another CA, or it expires within 30 days. Names it
 //! covers but that are no longer asked for do not cause a reissue. Reissuing never changes
-//! the fingerprint people compare. A corrupt CA key is moved aside (`ca.key.corrupt`) and a
+//! the fingerprint people compare. Names the CA may not vouch for (a public address, a host
+//! name configured after the CA was made) are left out of the certificate with a warning,
+//! because one such name would make clients refuse the whole certificate. A corrupt CA key is moved aside (`ca.key.corrupt`) and a
 //! new CA is created, loudly: the box must come up, and the old fingerprint is no longer
 //! trustworthy anyway.
 
@@ -83,6 +86,8 @@ pub struct DeviceIdentity {
     ca_der: CertificateDer<'static>,
     ca_pem: String,
     fingerprint: String,
+    /// DNS names outside `.local`/`localhost` the CA may vouch for (fixed at its creation).
+    permitted_extra: Vec<String>,
     leaf: RwLock<Leaf>,
 }
 
@@ -105,9 +110,10 @@ impl DeviceIdentity {
         extra_permitted: &[String],
     ) -> Result<Self, Error> {
         create_private_dir(dir)?;
-        let (ca_key, ca_params, ca_der) = load_or_create_ca(dir, extra_permitted)?;
+        let (ca_key, ca_params, ca_der, permitted_extra) = load_or_create_ca(dir, extra_permitted)?;
         let ca_pem = pem_encode("CERTIFICATE", &ca_der);
         let fingerprint = fingerprint(&ca_der);
+        let names = &coverable(names, &permitted_extra);
         let leaf = match load_leaf(dir, &ca_der, &fingerprint) {
             Ok(Some(leaf)) if leaf_is_good(&leaf, names) => leaf,
             Ok(_) => issue_leaf(dir, &ca_key, &ca_params, &ca_der, &fingerprint, names)?,
@@ -123,6 +129,7 @@ impl DeviceIdentity {
             ca_der,
             ca_pem,
             fingerprint,
+            permitted_extra,
             leaf: RwLock::new(leaf),
         })
     }
@@ -161,6 +168,7 @@ impl DeviceIdentity {
     /// connections made afterwards get the new one. Returns whether it reissued.
     /// Blocking file I/O: call from `spawn_blocking` in async code.
     pub fn ensure_names(&self, names: &Names) -> Result<bool, Error> {
+        let names = &coverable(names, &self.permitted_extra);
         if leaf_is_good(&self.read_leaf(), names) {
             return Ok(false);
         }
@@ -216,6 +224,59 @@ pub fn fingerprint(der: &[u8]) -> String {
     out
 }
 
+/// Networks the device CA may vouch for: private, loopback, link-local and shared (CGNAT)
+/// addresses. A server certificate naming any other address would be refused as a whole.
+const PERMITTED_NETS: [(&str, u8); 9] = [
+    ("10.0.0.0", 8),
+    ("172.16.0.0", 12),
+    ("192.168.0.0", 16),
+    ("127.0.0.0", 8),
+    ("169.254.0.0", 16),
+    ("100.64.0.0", 10),
+    ("::1", 128),
+    ("fc00::", 7),
+    ("fe80::", 10),
+];
+
+fn in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether the device CA (created with `permitted_extra`) may vouch for `name`. A name it may
+/// not vouch for would make clients refuse the whole certificate, so such names are left out.
+pub fn ca_may_certify(name: &str, permitted_extra: &[String]) -> bool {
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return PERMITTED_NETS.iter().any(|(net, prefix)| {
+            net.parse::<IpAddr>()
+                .is_ok_and(|net| in_net(ip, net, *prefix))
+        });
+    }
+    let under = |base: &str| name == base || name.ends_with(&format!(".{base}"));
+    under("local") || under("localhost") || permitted_extra.iter().any(|e| under(e))
+}
+
+fn coverable(names: &Names, permitted_extra: &[String]) -> Names {
+    let (ok, left_out): (Names, Names) = names
+        .iter()
+        .cloned()
+        .partition(|n| ca_may_certify(n, permitted_extra));
+    if !left_out.is_empty() {
+        log::warn!(names:? = left_out;
+            "these names are not in the server certificate: the device CA may not vouch for them (for a new host name, remove the tls directory to create a new CA)");
+    }
+    ok
+}
+
 fn leaf_is_good(leaf: &Leaf, names: &Names) -> bool {
     let renew_at = leaf.not_after.saturating_sub(LEAF_RENEW_BEFORE.as_secs());
     names.is_subset(&leaf.names) && now_secs() < renew_at
@@ -253,19 +314,9 @@ fn ca_params(key: &KeyPair, extra_permitted: &[String]) -> CertificateParams {
     permitted.extend(
         extra_permitted
             .iter()
-            .map(|n| GeneralSubtree::DnsName(n.trim_end_matches('.').to_ascii_lowercase())),
+            .map(|n| GeneralSubtree::DnsName(n.clone())),
     );
-    for (addr, prefix) in [
-        ("10.0.0.0", 8),
-        ("172.16.0.0", 12),
-        ("192.168.0.0", 16),
-        ("127.0.0.0", 8),
-        ("169.254.0.0", 16),
-        ("100.64.0.0", 10),
-        ("::1", 128),
-        ("fc00::", 7),
-        ("fe80::", 10),
-    ] {
+    for (addr, prefix) in PERMITTED_NETS {
         if let Ok(ip) = addr.parse::<IpAddr>() {
             permitted.push(GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
                 ip, prefix,
@@ -279,10 +330,26 @@ fn ca_params(key: &KeyPair, extra_permitted: &[String]) -> CertificateParams {
     params
 }
 
-fn load_or_create_ca(
-    dir: &Path,
-    extra_permitted: &[String],
-) -> Result<(KeyPair, CertificateParams, CertificateDer<'static>), Error> {
+type Ca = (
+    KeyPair,
+    CertificateParams,
+    CertificateDer<'static>,
+    Vec<String>,
+);
+
+/// `ca.names`: the extra DNS names the CA was created to permit, one a line.
+fn read_permitted(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("ca.names"))
+        .map(|t| {
+            t.lines()
+                .map(str::to_owned)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn load_or_create_ca(dir: &Path, extra_permitted: &[String]) -> Result<Ca, Error> {
     let key_path = dir.join("ca.key");
     let cert_path = dir.join("ca.crt");
     let key = match std::fs::read_to_string(&key_path) {
@@ -308,9 +375,10 @@ fn load_or_create_ca(
         }
     };
     if let Some(key) = key {
-        let params = ca_params(&key, extra_permitted);
+        let permitted = read_permitted(dir);
+        let params = ca_params(&key, &permitted);
         match read_cert(&cert_path) {
-            Ok(der) => return Ok((key, params, der)),
+            Ok(der) => return Ok((key, params, der, permitted)),
             Err(e) => {
                 log::warn!(error:% = e; "device CA certificate unreadable; re-creating it from its key (the fingerprint changes)");
                 let der = params
@@ -326,7 +394,7 @@ fn load_or_create_ca(
                     pem_encode("CERTIFICATE", &der).as_bytes(),
                     0o644,
                 )?;
-                return Ok((key, params, der));
+                return Ok((key, params, der, permitted));
             }
         }
     }
@@ -334,7 +402,12 @@ fn load_or_create_ca(
         names: vec!["device CA".into()],
         source,
     })?;
-    let params = ca_params(&key, extra_permitted);
+    let permitted: Vec<String> = extra_permitted
+        .iter()
+        .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let params = ca_params(&key, &permitted);
     let der = params
         .self_signed(&key)
         .map_err(|source| Error::Certificate {
@@ -343,7 +416,13 @@ fn load_or_create_ca(
         })?
         .der()
         .clone();
-    // The key first: a crash after it leaves a key whose certificate is re-created above.
+    // The names and key first: a crash after them leaves a key whose certificate is
+    // re-created above with the same constraints.
+    let mut list = String::new();
+    for n in &permitted {
+        let _ = writeln!(list, "{n}");
+    }
+    write_durably(&dir.join("ca.names"), list.as_bytes(), 0o644)?;
     write_durably(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_durably(
         &cert_path,
@@ -353,7 +432,7 @@ fn load_or_create_ca(
     // A new CA invalidates any server certificate the old one issued.
     let _ = std::fs::remove_file(dir.join("server.names"));
     log::info!(path:? = cert_path, fingerprint:% = fingerprint(&der); "created the device certificate authority");
-    Ok((key, params, der))
+    Ok((key, params, der, permitted))
 }
 
 fn read_cert(path: &Path) -> Result<CertificateDer<'static>, Error> {
@@ -581,4 +660,41 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8], mode: u32) -> Result<(), 
         .and_then(|d| d.sync_all())
         .map_err(err)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_ca_may_certify() {
+        let extra = ["ai.clinic.example".to_owned()];
+        let table = [
+            ("hearth.local", true),
+            ("hearth-2.local", true),
+            ("localhost", true),
+            ("a.localhost", true),
+            ("ai.clinic.example", true),
+            ("x.ai.clinic.example", true),
+            ("clinic.example", false),
+            ("evilai.clinic.example", false),
+            ("notlocal", false),
+            ("bank.example", false),
+            ("10.0.0.5", true),
+            ("172.31.255.1", true),
+            ("172.32.0.1", false),
+            ("192.168.1.20", true),
+            ("127.0.0.1", true),
+            ("100.64.1.1", true),
+            ("192.0.2.2", false),
+            ("8.8.8.8", false),
+            ("::1", true),
+            ("fd00::2", true),
+            ("fe80::1", true),
+            ("2001:db8::1", false),
+        ];
+        for (name, want) in table {
+            assert_eq!(ca_may_certify(name, &extra), want, "{name}");
+        }
+    }
 }
