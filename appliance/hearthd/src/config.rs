@@ -47,6 +47,19 @@ pub struct Config {
     /// Where removable media (USB sticks) are mounted; `.gguf` files below it are offered for
     /// import. Polled, never written; links are not followed.
     pub media_dir: PathBuf,
+    /// Serve HTTPS here with the box's own certificate (`hearth-lan`); plain HTTP on `listen`
+    /// then only redirects to it, except the certificate page and `/healthz`. Default: none,
+    /// plain HTTP only (dev mode on localhost).
+    pub https_listen: Option<SocketAddr>,
+    /// Where the device CA and the server certificate are kept. Default: `<data_dir>/tls`.
+    pub tls_dir: Option<PathBuf>,
+    /// Answer mDNS as `<box name>.local` and advertise `_https._tcp` and `_hearth._tcp`.
+    /// Default: off (dev mode); the image turns it on.
+    pub mdns: bool,
+    /// Network interfaces mDNS answers on (`eth0`, `wlan0`). Default: all but loopback.
+    pub mdns_interfaces: Vec<String>,
+    /// The box's name (`<name>.local`) until the owner sets one on the Settings page.
+    pub box_name: String,
 }
 
 impl Default for Config {
@@ -67,6 +80,11 @@ impl Default for Config {
             host_names: Vec::new(),
             request_body_timeout_secs: 30,
             media_dir: PathBuf::from("/media"),
+            https_listen: None,
+            tls_dir: None,
+            mdns: false,
+            mdns_interfaces: Vec::new(),
+            box_name: "hearth".to_owned(),
         }
     }
 }
@@ -110,6 +128,12 @@ impl Config {
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("hearth.db")
+    }
+
+    pub fn tls_path(&self) -> PathBuf {
+        self.tls_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls"))
     }
 
     pub fn setup_code_path(&self) -> PathBuf {

@@ -65,6 +65,8 @@ pub enum Error {
     Store(#[source] hearth_store::StoreError),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("LAN (HTTPS, certificate, mDNS): {0}")]
+    Lan(#[from] hearth_lan::Error),
 }
 
 /// Runs the daemon until `shutdown` turns true, then stops the worker and returns.
@@ -134,7 +136,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         tokio::task::spawn_blocking(move || db.setting("box_name"))
             .await
             .map_err(|e| Error::Serve(std::io::Error::other(e)))??
-            .unwrap_or_else(|| "hearth".to_owned())
+            .unwrap_or_else(|| config.box_name.clone())
     };
     let hosts: api::AllowedHosts = Arc::new(std::sync::RwLock::new(
         config
@@ -156,13 +158,25 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         started: std::time::Instant::now(),
         store: store.clone(),
     };
+    // HTTPS, the device certificate and mDNS (each only when configured); with HTTPS on, the
+    // plain-HTTP listener only redirects to it and serves the certificate page.
+    let app = api::app(state.clone());
+    let lan = hearth_lan::Lan::start(
+        lan_config(&state.config, local),
+        app.clone(),
+        state.box_name.subscribe(),
+        state.hosts.clone(),
+        shutdown.clone(),
+    )
+    .await?;
     log::info!(data_dir:? = data_dir, url = format!("http://{local}/"); "hearthd is serving");
     notify::ready();
 
     let mut stop = shutdown.clone();
     let server = axum::serve(
         listener,
-        api::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        lan.plain_http_router(app)
+            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
         let _ = stop.wait_for(|s| *s).await;
@@ -181,11 +195,26 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     }
     let _ = supervisor.await;
     let _ = watchdog.await;
+    lan.join().await;
     store.shutdown();
     let _ = publisher.await;
     let _ = follower.await;
     log::info!("stopped");
     Ok(())
+}
+
+/// What `hearth-lan` starts: HTTPS when `https_listen` is set, mDNS when `mdns` is.
+fn lan_config(config: &Config, plain: std::net::SocketAddr) -> hearth_lan::LanConfig {
+    hearth_lan::LanConfig {
+        tls_dir: config.tls_path(),
+        https_listen: config.https_listen,
+        http_port: plain.port(),
+        mdns: config.mdns,
+        mdns_interfaces: config.mdns_interfaces.clone(),
+        host_names: config.host_names.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        https: hearth_lan::HttpsOptions::default(),
+    }
 }
 
 /// Loads (or creates and logs) the setup code while the box has no owner.
@@ -210,7 +239,11 @@ async fn prepare_accounts(config: &Config, db: &db::Db) -> Result<api::Accounts,
     .await
     .map_err(|e| Error::Serve(std::io::Error::other(e)))??;
     let session_idle = Duration::from_secs(config.session_idle_hours.max(1) * 3600);
-    Ok(api::Accounts::new(code, false, session_idle))
+    Ok(api::Accounts::new(
+        code,
+        config.https_listen.is_some(),
+        session_idle,
+    ))
 }
 
 /// Opens the model library under `<data_dir>/models` and starts a scrub in the background.
