@@ -292,7 +292,7 @@ pub async fn send(
         if history.last().is_some_and(|m| m.role == "assistant") {
             history.pop();
         }
-        if !history.last().is_some_and(|m| m.role == "user") {
+        if history.last().is_none_or(|m| m.role != "user") {
             return Err(ApiError::invalid(
                 "regenerate",
                 "there is no question to answer again",

@@ -63,6 +63,8 @@ fn host_info(data_dir: &std::path::Path) -> Value {
             .and_then(|v| v.parse::<u64>().ok())
             .map(|kib| kib * 1024)
     };
+    // The casts matter on 32-bit boards, where these counts are u32.
+    #[allow(clippy::unnecessary_cast)]
     let disk = nix::sys::statvfs::statvfs(data_dir).ok().map(|s| {
         let frag = s.fragment_size() as u64;
         json!({ "total": s.blocks() as u64 * frag, "free": s.blocks_available() as u64 * frag })
