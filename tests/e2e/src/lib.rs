@@ -102,7 +102,11 @@ pub fn provision(data: &Path) -> Result<String> {
             return Err(e);
         }
     }
-    admin(data, &["create-token", "--user", OWNER, "--name", "e2e"], None)
+    admin(
+        data,
+        &["create-token", "--user", OWNER, "--name", "e2e"],
+        None,
+    )
 }
 
 impl Box_ {
