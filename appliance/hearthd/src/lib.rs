@@ -173,26 +173,21 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     notify::ready();
 
     let mut stop = shutdown.clone();
-    let server = axum::serve(
-        listener,
-        lan.plain_http_router(app)
-            .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
-    });
-    let mut stop = shutdown;
-    // Open streams must not hold the box up forever once it is asked to stop.
-    let grace = async move {
+    let announce = tokio::spawn(async move {
         let _ = stop.wait_for(|s| *s).await;
         notify::stopping();
         log::info!("shutting down");
-        tokio::time::sleep(Duration::from_secs(10)).await;
-    };
-    tokio::select! {
-        served = server => served.map_err(Error::Serve)?,
-        _ = grace => log::warn!("connections still open after the grace period; closing them"),
-    }
+    });
+    // hyper under our own accept loop (not axum::serve) for the header-read timeout, the
+    // header-size cap and the connection cap; open streams get a grace period at shutdown.
+    hearth_lan::serve_http(
+        listener,
+        lan.plain_http_router(app),
+        hearth_lan::HttpsOptions::default(),
+        shutdown,
+    )
+    .await?;
+    let _ = announce.await;
     let _ = supervisor.await;
     let _ = watchdog.await;
     lan.join().await;

@@ -1,5 +1,5 @@
-//! Serving an axum [`Router`] over HTTPS (rustls through tokio-rustls, HTTP/1.1 through
-//! hyper), with a graceful shutdown on a watch signal.
+//! Serving an axum [`Router`] over HTTPS (rustls through tokio-rustls) or plain HTTP, HTTP/1.1
+//! through hyper, with the same limits on both and a graceful shutdown on a watch signal.
 //!
 //! Why tokio-rustls + hyper-util and not axum-server: this is ~100 lines we control — a
 //! handshake timeout, a header-read timeout, a connection cap and the same graceful-shutdown
@@ -61,12 +61,43 @@ pub async fn serve_https(
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     options: HttpsOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    serve(
+        listener,
+        Some(TlsAcceptor::from(tls)),
+        app,
+        options,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `app` over plain HTTP with the same limits as [`serve_https`]: header-read timeout
+/// (slowloris), bounded header size (431), connection cap, graceful shutdown. Each request
+/// carries [`ConnectInfo<SocketAddr>`].
+pub async fn serve_http(
+    listener: TcpListener,
+    app: Router,
+    options: HttpsOptions,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    serve(listener, None, app, options, shutdown).await
+}
+
+/// Largest request head (request line + headers) accepted; more gets 431. hyper's minimum.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    app: Router,
+    options: HttpsOptions,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let local = listener
         .local_addr()
         .map_err(|source| Error::Accept { addr: None, source })?;
-    let acceptor = TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
     let mut connections = tokio::task::JoinSet::new();
@@ -84,7 +115,7 @@ pub async fn serve_https(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    log::warn!(addr:% = local, error:% = e; "HTTPS accept failed");
+                    log::warn!(addr:% = local, error:% = e; "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -97,6 +128,10 @@ pub async fn serve_https(
         let options = options.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let Some(acceptor) = acceptor else {
+                serve_connection(TokioIo::new(tcp), peer, false, app, &options, watcher).await;
+                return;
+            };
             let stream =
                 match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -109,19 +144,7 @@ pub async fn serve_https(
                         return;
                     }
                 };
-            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req.extensions_mut().insert(OverHttps);
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {})) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(options.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                log::debug!(peer:% = peer, error:% = e; "HTTPS connection ended with an error");
-            }
+            serve_connection(TokioIo::new(stream), peer, true, app, &options, watcher).await;
         });
     }
     drop(listener);
@@ -129,10 +152,38 @@ pub async fn serve_https(
         .await
         .is_err()
     {
-        log::warn!(addr:% = local; "HTTPS connections still open after the grace period; closing them");
+        log::warn!(addr:% = local; "connections still open after the grace period; closing them");
     }
     connections.shutdown().await;
     Ok(())
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    over_https: bool,
+    app: Router,
+    options: &HttpsOptions,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        if over_https {
+            req.extensions_mut().insert(OverHttps);
+        }
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.oneshot(req).await.unwrap_or_else(|e| match e {})) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        log::debug!(peer:% = peer, error:% = e; "connection ended with an error");
+    }
 }
 
 /// Binds `addr` for [`serve_https`] (or for the plain-HTTP side).

@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use addrs::{host_form, local_addresses};
-pub use https::{HttpsOptions, OverHttps, bind, serve_https};
+pub use https::{HttpsOptions, OverHttps, bind, serve_http, serve_https};
 pub use identity::{DeviceIdentity, Names, certificate_names, fingerprint};
 pub use mdns::{MdnsConfig, validate_box_name};
 pub use service::{Lan, LanConfig, SharedHosts};

@@ -288,6 +288,25 @@ fn run(port: u16, data: &std::path::Path) {
     let (_, _, body) = http(port, "GET", "/ui/tokens", &session, "");
     assert!(body.contains("script") && !body.contains(&token), "{body}");
 
+    // Limits: a 64 KiB header is refused with 431, a 2 MiB body on a JSON route with 413, and
+    // a client that never finishes its headers does not hold anyone else up.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .unwrap();
+    let big = "a".repeat(64 * 1024);
+    assert_eq!(
+        http(port, "GET", "/healthz", &[("X-Big", big.as_str())], "").0,
+        431
+    );
+    let huge = "x".repeat(2 * 1024 * 1024);
+    assert_eq!(
+        http(port, "POST", "/ui/conversations", &session, &huge).0,
+        413
+    );
+    assert_eq!(http(port, "GET", "/healthz", &[], "").0, 200);
+    drop(stalled);
+
     // A second owner cannot be created behind the box's back either.
     assert!(
         admin(
