@@ -25,6 +25,9 @@ pub struct Config {
     pub max_context: Option<usize>,
     /// Requests that may wait per model before new ones get 429.
     pub queue_depth: usize,
+    /// Threads the inference worker uses for model math. Default: the cores this process may
+    /// run on (CPU affinity and cgroup quota respected).
+    pub inference_threads: Option<usize>,
     /// Largest request body accepted on the API routes, in bytes; larger gets 413.
     pub max_body_bytes: usize,
     /// Largest `max_tokens` a request may ask for (the context still bounds it).
@@ -71,6 +74,7 @@ impl Default for Config {
             inference_worker: None,
             max_context: None,
             queue_depth: 8,
+            inference_threads: None,
             max_body_bytes: 1024 * 1024,
             max_tokens_limit: 32 * 1024,
             restart_backoff_initial_ms: 250,

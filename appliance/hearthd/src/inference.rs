@@ -214,6 +214,8 @@ pub struct WorkerCommand {
     pub models: watch::Receiver<ModelList>,
     pub max_context: Option<usize>,
     pub queue_depth: usize,
+    /// Threads for model math; `None` lets the worker use the cores it may run on.
+    pub threads: Option<usize>,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
 }
@@ -252,6 +254,9 @@ pub async fn supervise(
             .arg(command.queue_depth.to_string())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
+        if let Some(threads) = command.threads {
+            cmd.arg("--threads").arg(threads.to_string());
+        }
         if let Some(max) = command.max_context {
             cmd.arg("--max-context").arg(max.to_string());
         }

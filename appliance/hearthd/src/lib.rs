@@ -112,6 +112,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         models,
         max_context: config.max_context,
         queue_depth: config.queue_depth,
+        threads: config.inference_threads,
         backoff_initial: Duration::from_millis(config.restart_backoff_initial_ms),
         backoff_max: Duration::from_millis(config.restart_backoff_max_ms),
     };
