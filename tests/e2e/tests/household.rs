@@ -2,6 +2,8 @@
 //! code from the file, a session that chats with SmolLM2 through `/ui`, tokens made while the
 //! box runs, and refusals (rebinding Host, cookie on /v1, cross-site POST).
 
+#![allow(clippy::unwrap_used)] // A test: a failed step should stop it, with the line.
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -66,10 +68,7 @@ fn http(
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
-            break;
-        };
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size = usize::from_str_radix(std::str::from_utf8(&data[..eol]).unwrap().trim(), 16)
             .unwrap_or(0);
         if size == 0 {
