@@ -16,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::error::{ApiError, ApiJson};
+use super::{AppState, blocking};
 use crate::accounts::{self, LoginThrottle, ThrottleKey};
 use crate::db::{Created, Role, User};
 
@@ -318,10 +318,7 @@ fn check_same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
 
 async fn owner_exists(state: &AppState) -> Result<bool, ApiError> {
     let db = state.db.clone();
-    tokio::task::spawn_blocking(move || db.owner_exists())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
+    blocking(move || db.owner_exists()).await
 }
 
 async fn bearer_user(state: &AppState, headers: &HeaderMap) -> Result<Option<User>, ApiError> {
@@ -344,10 +341,7 @@ async fn bearer_user(state: &AppState, headers: &HeaderMap) -> Result<Option<Use
     let hash = accounts::secret_hash(token);
     let db = state.db.clone();
     let lookup = hash.clone();
-    let found = tokio::task::spawn_blocking(move || db.token_user(&lookup, now_unix()))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let found = blocking(move || db.token_user(&lookup, now_unix())).await?;
     Ok(found.and_then(|(user, stored)| accounts::secrets_equal(&stored, &hash).then_some(user)))
 }
 
@@ -404,10 +398,7 @@ async fn start_session(state: &AppState, user: &User) -> Result<(HeaderValue, St
     let db = state.db.clone();
     let (user_id, id_hash, csrf2) = (user.id, accounts::secret_hash(&id), csrf.clone());
     let expires = now_unix() + state.accounts.session_idle.as_secs() as i64;
-    tokio::task::spawn_blocking(move || db.create_session(&id_hash, user_id, &csrf2, expires))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    blocking(move || db.create_session(&id_hash, user_id, &csrf2, expires)).await?;
     Ok((state.accounts.set_cookie(&id), csrf))
 }
 
@@ -584,10 +575,7 @@ pub async fn logout(
 ) -> Result<Response, ApiError> {
     if let Credential::Session { id_hash, .. } = user.credential {
         let db = state.db.clone();
-        tokio::task::spawn_blocking(move || db.delete_session(&id_hash))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+        blocking(move || db.delete_session(&id_hash)).await?;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
@@ -645,10 +633,7 @@ pub async fn change_password(
 
 pub async fn list_users(State(state): State<AppState>, _: Owner) -> Result<Json<Value>, ApiError> {
     let db = state.db.clone();
-    let users = tokio::task::spawn_blocking(move || db.users())
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let users = blocking(move || db.users()).await?;
     let users: Vec<Value> = users
         .into_iter()
         .map(|r| {
@@ -709,10 +694,7 @@ pub async fn delete_user(
         return Err(ApiError::invalid("id", "the owner cannot delete themself"));
     }
     let db = state.db.clone();
-    let deleted = tokio::task::spawn_blocking(move || db.delete_member(id))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let deleted = blocking(move || db.delete_member(id)).await?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -754,10 +736,7 @@ pub async fn list_tokens(
     user: CurrentUser,
 ) -> Result<Json<Value>, ApiError> {
     let db = state.db.clone();
-    let tokens = tokio::task::spawn_blocking(move || db.tokens(user.user.id))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let tokens = blocking(move || db.tokens(user.user.id)).await?;
     Ok(Json(json!({ "tokens": tokens })))
 }
 
@@ -776,10 +755,7 @@ pub async fn create_token(
     let token = accounts::new_api_token();
     let hash = accounts::secret_hash(&token);
     let db = state.db.clone();
-    let row = tokio::task::spawn_blocking(move || db.create_token(user.user.id, &req.name, &hash))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let row = blocking(move || db.create_token(user.user.id, &req.name, &hash)).await?;
     Ok((
         StatusCode::CREATED,
         Json(
@@ -795,10 +771,7 @@ pub async fn delete_token(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     let db = state.db.clone();
-    let deleted = tokio::task::spawn_blocking(move || db.delete_token(user.user.id, id))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let deleted = blocking(move || db.delete_token(user.user.id, id)).await?;
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -15,23 +15,14 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::AppState;
 use super::auth::CurrentUser;
 use super::error::{ApiError, ApiJson};
+use super::{AppState, blocking};
 use crate::db::{ConversationPatch, Db, Message};
 
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 const MAX_TITLE_CHARS: usize = 200;
 const MAX_SYSTEM_PROMPT_BYTES: usize = 16 * 1024;
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::Error> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)
-}
 
 fn missing() -> ApiError {
     ApiError::not_found("no such conversation")

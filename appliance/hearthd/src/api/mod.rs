@@ -32,6 +32,17 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::inference::{Inference, SharedHealth, WorkerHealth};
 
+/// Runs a database call off the async threads. Its failures are the box's own: logged, and
+/// the client gets a generic 500.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {

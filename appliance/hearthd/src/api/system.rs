@@ -8,9 +8,9 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::auth::{CurrentUser, Owner};
 use super::error::{ApiError, ApiJson};
+use super::{AppState, blocking};
 
 pub async fn system(
     State(state): State<AppState>,
@@ -131,10 +131,7 @@ pub async fn change_settings(
         }
         let db = state.db.clone();
         let stored = name.clone();
-        tokio::task::spawn_blocking(move || db.set_setting("box_name", &stored))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+        blocking(move || db.set_setting("box_name", &stored)).await?;
         state
             .hosts
             .write()
