@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -89,15 +90,40 @@ def free_port() -> int:
 
 
 class Http:
-    """A tiny HTTP client for the box: JSON in and out, a cookie jar of one cookie."""
+    """A tiny HTTPS client for the box: JSON in and out, a cookie jar of one cookie. It trusts
+    only the box's own CA, fetched once from the plain-HTTP certificate route (port 80), the way
+    a person installs it from the /certificate page."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, tls_port: int):
         self.port = port
+        self.tls_port = tls_port
+        self.ca_der: bytes | None = None
+        self.tls: ssl.SSLContext | None = None
         self.cookie: str | None = None
         self.csrf: str | None = None
 
-    def request(self, method, path, body=None, headers=None, timeout=30.0):
+    def plain(self, path, timeout=10.0):
+        """A GET on the plain-HTTP port: (status, headers, body bytes)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, dict(resp.getheaders()), resp.read()
+        finally:
+            conn.close()
+
+    def trust_box(self):
+        status, _, der = self.plain("/certificate.crt")
+        if status != 200:
+            raise OSError(f"/certificate.crt answered {status}")
+        self.ca_der = der
+        self.tls = ssl.create_default_context(cadata=ssl.DER_cert_to_PEM_cert(der))
+
+    def request(self, method, path, body=None, headers=None, timeout=30.0):
+        if self.tls is None:
+            self.trust_box()
+        conn = http.client.HTTPSConnection("127.0.0.1", self.tls_port, timeout=timeout,
+                                           context=self.tls)
         hdrs = dict(headers or {})
         data = None
         if body is not None:
@@ -137,7 +163,9 @@ def expect(cond: bool, what: str) -> None:
 class Vm:
     """One QEMU process on the disk image; its serial port is a Unix socket we type into."""
 
-    def __init__(self, work: Path, disk: Path, stick: Path, port: int, name: str, arch: str):
+    def __init__(self, work: Path, disk: Path, stick: Path, ports: tuple[int, int], name: str,
+                 arch: str):
+        port, tls_port = ports
         self.work = work
         self.sock_path = work / f"serial-{name}.sock"
         self.serial_log = work / f"serial-{name}.log"
@@ -155,7 +183,8 @@ class Vm:
             "-drive", f"if=pflash,format=raw,file={work / 'vars.fd'}",
             "-drive", f"file={disk},format=raw,if=virtio,cache=none,aio=threads",
             "-drive", f"file={stick},format=raw,if=virtio,readonly=on",
-            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80",
+            "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80,"
+                       f"hostfwd=tcp:127.0.0.1:{tls_port}-:443",
             "-device", "virtio-net-pci,netdev=n0",
             "-device", "virtio-rng-pci",
             "-chardev", f"socket,id=ser0,path={self.sock_path},server=on,wait=off,logfile={self.serial_log}",
@@ -349,15 +378,15 @@ def main() -> int:
     shutil.copy(MACHINES[args.arch][2], work / "vars.fd")
     stick = make_stick(work, args.model)
     model_sha = hashlib.sha256(args.model.read_bytes()).hexdigest()
-    port = free_port()
-    http = Http(port)
+    ports = (free_port(), free_port())
+    http = Http(*ports)
     vm: Vm | None = None
     token: str | None = None
     auth = False
     models_dir = "/var/lib/hearth/files"  # only without the store (an older hearthd)
     try:
         with Phase("boot to /readyz (first boot)"):
-            vm = Vm(work, disk, stick, port, "boot1", args.arch)
+            vm = Vm(work, disk, stick, ports, "boot1", args.arch)
             wait_ready(http, vm, 300)
 
         with Phase("system checks (read-only root, data partition, hardening, cgroups)"):
@@ -392,6 +421,19 @@ def main() -> int:
                    "hearthd is not alone in the daemon cgroup")
             expect(vm.sh(f"cat /proc/{workers[0]}/oom_score_adj") == "500",
                    "the worker is not the first choice of the OOM killer")
+            # HTTPS with the box's certificate; plain HTTP only redirects and offers the CA,
+            # whose fingerprint the page shows; mDNS announces the box.
+            status, hdrs, _ = http.plain("/ui/session")
+            expect(status == 308 and hdrs.get("location", hdrs.get("Location", "")).startswith(
+                "https://"), f"plain HTTP did not redirect to HTTPS: {status} {hdrs}")
+            _, _, page = http.plain("/certificate")
+            digest = hashlib.sha256(http.ca_der or b"").hexdigest().upper()
+            fingerprint = ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+            expect(fingerprint in page.decode(errors="replace"),
+                   "the /certificate page does not show the CA's SHA-256 fingerprint")
+            journal = vm.sh("journalctl -b -u hearthd -o verbose --no-pager | grep -c 'hearth.local' || true")
+            expect(journal.strip() not in ("", "0"), "hearthd did not announce hearth.local")
+            log(f"   HTTPS ok; CA fingerprint {fingerprint[:23]}...")
             log(f"   inference memory.max = {int(limit) >> 20} MiB")
             log(f"   journald: {vm.sh('journalctl --disk-usage')}")
             used = vm.sh("df -m --output=used / | tail -1")
@@ -476,7 +518,7 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 raise Failure("the box did not power off within 180 s")
             vm.close()
-            vm = Vm(work, disk, stick, port, "boot2", args.arch)
+            vm = Vm(work, disk, stick, ports, "boot2", args.arch)
             wait_ready(http, vm, 300, model_ready=True)
 
         with Phase("after reboot: account, token and model survived"):
@@ -529,7 +571,7 @@ def main() -> int:
             vm.power_cut()
 
         with Phase("boot after the power cut"):
-            vm = Vm(work, disk, stick, port, "boot3", args.arch)
+            vm = Vm(work, disk, stick, ports, "boot3", args.arch)
             wait_ready(http, vm, 300, model_ready=True)
 
         with Phase("after the power cut: consistent store, box serves"):
