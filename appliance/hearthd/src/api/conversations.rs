@@ -51,12 +51,14 @@ pub fn message_json(m: &Message) -> Value {
 /// the box must not make the browser fetch anything from elsewhere.
 pub fn render_markdown(text: &str) -> String {
     use pulldown_cmark::{CowStr, Event as Md, LinkType, Options, Parser, Tag, TagEnd, html};
-    let safe_url = |url: &str| {
+    // A link keeps its target only when it is http(s) or mailto; otherwise it points nowhere.
+    fn safe_url(url: CowStr<'_>) -> CowStr<'_> {
         let lower = url.trim().to_ascii_lowercase();
-        lower.starts_with("http://")
-            || lower.starts_with("https://")
-            || lower.starts_with("mailto:")
-    };
+        let safe = ["http://", "https://", "mailto:"]
+            .iter()
+            .any(|scheme| lower.starts_with(scheme));
+        if safe { url } else { CowStr::from("") }
+    }
     let mut options = Options::empty();
     options.insert(Options::ENABLE_TABLES);
     options.insert(Options::ENABLE_STRIKETHROUGH);
@@ -69,11 +71,7 @@ pub fn render_markdown(text: &str) -> String {
             id,
         }) => Md::Start(Tag::Link {
             link_type,
-            dest_url: if safe_url(&dest_url) {
-                dest_url
-            } else {
-                CowStr::from("")
-            },
+            dest_url: safe_url(dest_url),
             title,
             id,
         }),
@@ -84,11 +82,7 @@ pub fn render_markdown(text: &str) -> String {
             ..
         }) => Md::Start(Tag::Link {
             link_type: LinkType::Inline,
-            dest_url: if safe_url(&dest_url) {
-                dest_url
-            } else {
-                CowStr::from("")
-            },
+            dest_url: safe_url(dest_url),
             title,
             id,
         }),
