@@ -48,8 +48,18 @@ pub struct Config {
     /// Longest time a client may take to send a request body, in seconds.
     pub request_body_timeout_secs: u64,
     /// Where removable media (USB sticks) are mounted; `.gguf` files below it are offered for
-    /// import. Polled, never written; links are not followed.
+    /// import. Watched (see `media_poll_ms`), never written; links are not followed.
     pub media_dir: PathBuf,
+    /// How often the media watcher lists `media_dir` again, in milliseconds, so a stick that
+    /// was just plugged in shows up on the Models page by itself. Polling (rather than inotify
+    /// or udev) sees a mount whoever makes it (udisks, systemd automount, a hand `mount`) and
+    /// needs nothing outside this process; a listing is bounded (depth, files, entries).
+    /// 0 turns the watcher off: the listing is then made on request.
+    pub media_poll_ms: u64,
+    /// Tests only: abort the process at this model-import step (`hearth_store::FaultPoint`,
+    /// 1..=7). Never read from the file; `main.rs` sets it from `HEARTH_TEST_CRASH_AT`.
+    #[serde(skip)]
+    pub test_crash_at: Option<u32>,
     /// Serve HTTPS here with the box's own certificate (`hearth-lan`); plain HTTP on `listen`
     /// then only redirects to it, except the certificate page and `/healthz`. Default: none,
     /// plain HTTP only (dev mode on localhost).
@@ -84,6 +94,8 @@ impl Default for Config {
             host_names: Vec::new(),
             request_body_timeout_secs: 30,
             media_dir: PathBuf::from("/media"),
+            media_poll_ms: 2000,
+            test_crash_at: None,
             https_listen: None,
             tls_dir: None,
             mdns: false,

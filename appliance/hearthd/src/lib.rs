@@ -123,6 +123,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
         shutdown.clone(),
     ));
     let watchdog = tokio::spawn(notify::watchdog(db.clone(), shutdown.clone()));
+    let media_watch = tokio::spawn(watch_media(
+        store.clone(),
+        config.media_poll_ms,
+        shutdown.clone(),
+    ));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -191,6 +196,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<(), 
     let _ = announce.await;
     let _ = supervisor.await;
     let _ = watchdog.await;
+    let _ = media_watch.await;
     lan.join().await;
     store.shutdown();
     let _ = publisher.await;
@@ -254,7 +260,7 @@ async fn open_store(
         disk_reserve: 64 << 20,
         media_dir: Some(config.media_dir.clone()),
         reserved_names: path_models.iter().map(|(n, _)| n.clone()).collect(),
-        crash_at: None,
+        crash_at: config.test_crash_at,
     };
     let store = tokio::task::spawn_blocking(move || hearth_store::Store::open(store_config))
         .await
@@ -262,6 +268,31 @@ async fn open_store(
         .map_err(Error::Store)?;
     store.start_scrub();
     Ok(store)
+}
+
+/// Lists `media_dir` every `every_ms` (0: never; the API then lists on request) and keeps the
+/// result in the store, so the Models page sees a stick appear or go. Ends at shutdown.
+async fn watch_media(
+    store: hearth_store::Store,
+    every_ms: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if every_ms == 0 {
+        return;
+    }
+    let every = Duration::from_millis(every_ms);
+    loop {
+        let s = store.clone();
+        if let Ok(Some(view)) = tokio::task::spawn_blocking(move || s.poll_media()).await {
+            if view.generation > 1 {
+                log::info!(files = view.files.len(); "removable media changed");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 fn prepare_data_dir(dir: &std::path::Path) -> Result<(), Error> {

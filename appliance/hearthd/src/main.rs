@@ -104,6 +104,10 @@ fn main() -> anyhow::Result<()> {
         config.listen = listen;
     }
     config.models.extend(cli.models);
+    // Test-only fault injection (tests/e2e/tests/store.rs): abort at this model-import step.
+    config.test_crash_at = std::env::var("HEARTH_TEST_CRASH_AT")
+        .ok()
+        .and_then(|v| v.parse().ok());
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

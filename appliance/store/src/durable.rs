@@ -7,7 +7,10 @@ use std::path::Path;
 use crate::error::{Result, StoreError};
 
 /// The steps of an import, in order. A test process configured with `crash_at = Some(n)`
-/// aborts (as a power cut or `kill -9` would stop it) when it reaches step `n`.
+/// aborts (as a power cut or `kill -9` would stop it) when it reaches step `n`. Points 1 and 2
+/// are hit by media imports (the copy into `tmp/`) and by uploads (the first write of a chunk,
+/// and the last chunk before its fsync); 3 to 7 by both when the file is committed. `hearthd`
+/// sets this from the test-only `HEARTH_TEST_CRASH_AT` environment variable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum FaultPoint {

@@ -44,7 +44,7 @@ pub use durable::{FaultPoint, LAST_FAULT_POINT};
 pub use error::{Result, StoreError, gib};
 pub use facts::ModelFacts;
 pub use fit::MemorySource;
-pub use media::{ImportState, ImportStatus, MediaFile};
+pub use media::{ImportState, ImportStatus, MediaFile, MediaView};
 pub use names::{Digest, validate_name};
 pub use scrub::ScrubStatus;
 pub use upload::{ChunkWriter, Upload};
@@ -67,7 +67,8 @@ pub struct StoreConfig {
     pub media_dir: Option<PathBuf>,
     /// Names used by `--model` path models; imports may not take them.
     pub reserved_names: Vec<String>,
-    /// Tests only: abort the process at this [`FaultPoint`].
+    /// Tests only: abort the process at this [`FaultPoint`] (hearthd takes it from the
+    /// `HEARTH_TEST_CRASH_AT` environment variable; never set on a real box).
     pub crash_at: Option<u32>,
 }
 
@@ -93,6 +94,7 @@ struct Inner {
     catalogue: Mutex<Catalogue>,
     uploads: Mutex<HashMap<String, upload::Session>>,
     imports: Mutex<HashMap<String, Arc<media::ImportJob>>>,
+    media: Mutex<MediaView>,
     scrub: Mutex<ScrubStatus>,
     /// Serializes the rename-into-blobs + catalogue-insert step.
     commit: Mutex<()>,
@@ -129,6 +131,7 @@ impl Store {
                 catalogue: Mutex::new(catalogue),
                 uploads: Mutex::new(HashMap::new()),
                 imports: Mutex::new(HashMap::new()),
+                media: Mutex::new(MediaView::default()),
                 scrub: Mutex::new(ScrubStatus::default()),
                 commit: Mutex::new(()),
                 changed,

@@ -12,18 +12,33 @@ use nix::sys::stat::Mode;
 
 use crate::error::{Result, StoreError};
 use crate::names;
-use crate::{Entry, Source, Store, lock};
+use crate::{Entry, Source, Store, lock, now};
 
 /// How deep below `media_dir` files are looked for (`/media/<user>/<stick>/<dir>/x.gguf`).
 const MAX_DEPTH: usize = 5;
 /// Most files listed, so a hostile stick cannot make the listing huge.
 const MAX_FILES: usize = 1000;
+/// Most directory entries looked at per listing, so a stick full of photos stays cheap to
+/// poll.
+const MAX_VISITED: usize = 20_000;
 
 /// A model file on removable media; `path` is relative to `media_dir`, `/`-separated.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct MediaFile {
     pub path: String,
     pub size: u64,
+}
+
+/// What the media watcher last saw under `media_dir` ([`Store::poll_media`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MediaView {
+    pub files: Vec<MediaFile>,
+    /// Goes up by one each time the listing changes (a stick plugged in or pulled out).
+    pub generation: u64,
+    /// When the listing last changed (unix seconds).
+    pub changed_at: Option<i64>,
+    /// When `media_dir` was last looked at (unix seconds).
+    pub checked_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -89,17 +104,19 @@ impl ImportJob {
 /// skipped and never followed (`symlink_metadata`), so nothing outside `root` is read.
 pub fn list_media(root: &Path) -> Vec<MediaFile> {
     let mut out = Vec::new();
-    walk(root, "", 0, &mut out);
+    let mut visited = 0;
+    walk(root, "", 0, &mut out, &mut visited);
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
 
-fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<MediaFile>) {
+fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<MediaFile>, visited: &mut usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        if out.len() >= MAX_FILES {
+        *visited += 1;
+        if out.len() >= MAX_FILES || *visited > MAX_VISITED {
             return;
         }
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
@@ -118,7 +135,7 @@ fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<MediaFile>) {
         };
         let ft = meta.file_type();
         if ft.is_dir() && depth + 1 < MAX_DEPTH {
-            walk(&entry.path(), &rel, depth + 1, out);
+            walk(&entry.path(), &rel, depth + 1, out, visited);
         } else if ft.is_file() && name.to_ascii_lowercase().ends_with(".gguf") {
             out.push(MediaFile {
                 path: rel,
@@ -174,9 +191,35 @@ impl Store {
         self.inner.config.media_dir.as_ref()
     }
 
-    /// The model files on removable media (empty when none is mounted).
+    /// The model files on removable media (empty when none is mounted), listed now.
     pub fn media_files(&self) -> Vec<MediaFile> {
         self.media_root().map(|r| list_media(r)).unwrap_or_default()
+    }
+
+    /// Lists `media_dir` again and keeps the result; returns the new view when it changed.
+    /// hearthd's media watcher calls this every `media_poll_ms`.
+    pub fn poll_media(&self) -> Option<MediaView> {
+        let files = self.media_files();
+        let now = now();
+        let mut view = lock(&self.inner.media);
+        view.checked_at = Some(now);
+        if view.generation > 0 && view.files == files {
+            return None;
+        }
+        view.files = files;
+        view.generation += 1;
+        view.changed_at = Some(now);
+        Some(view.clone())
+    }
+
+    /// What the watcher last saw (listed now if nothing has looked yet). No disk access
+    /// otherwise, so clients may poll it.
+    pub fn media(&self) -> MediaView {
+        let polled = lock(&self.inner.media).generation > 0;
+        if !polled {
+            self.poll_media();
+        }
+        lock(&self.inner.media).clone()
     }
 
     /// Starts importing `rel` (one of [`Self::media_files`]) in the background.

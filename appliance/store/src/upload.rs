@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::{Result, StoreError};
 use crate::names::{self, Digest};
-use crate::{Entry, Source, Store, durable, lock, now};
+use crate::{Entry, FaultPoint, Source, Store, durable, lock, now};
 
 /// Sessions untouched this long are removed when the store opens.
 const STALE_SECS: u64 = 24 * 3600;
@@ -314,6 +314,9 @@ impl ChunkWriter {
         if let Some(h) = &mut self.hasher {
             h.update(data);
         }
+        if self.written == 0 {
+            durable::fault(self.store.inner.config.crash_at, FaultPoint::MidWrite);
+        }
         self.written += data.len() as u64;
         Ok(())
     }
@@ -334,6 +337,9 @@ impl ChunkWriter {
             });
         }
         self.done = true;
+        if self.offset + self.written == self.size {
+            durable::fault(self.store.inner.config.crash_at, FaultPoint::Written);
+        }
         let synced = durable::sync_file(&self.file, &self.path);
         let mut uploads = lock(&self.store.inner.uploads);
         let session = uploads

@@ -403,14 +403,29 @@ async fn finish_upload(
     Ok((status, Json(json!({ "model": model }))).into_response())
 }
 
+/// What the media watcher last saw (cheap: no disk access while the watcher runs; with
+/// `media_poll_ms = 0` the directory is listed now).
 async fn list_media(
     State(state): State<AppState>,
     _: CurrentUser,
 ) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
-    let files = blocking(move || Ok(store.media_files())).await?;
+    let watched = state.config.media_poll_ms > 0;
+    let view = blocking(move || {
+        if !watched {
+            store.poll_media();
+        }
+        Ok(store.media())
+    })
+    .await?;
     let dir: Option<PathBuf> = state.store.config().media_dir.clone();
-    Ok(Json(json!({ "media_dir": dir, "files": files })))
+    Ok(Json(json!({
+        "media_dir": dir,
+        "files": view.files,
+        "generation": view.generation,
+        "changed_at": view.changed_at,
+        "checked_at": view.checked_at,
+    })))
 }
 
 #[derive(Deserialize)]
