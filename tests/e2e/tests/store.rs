@@ -518,3 +518,274 @@ fn import_from_a_directory_standing_in_for_a_usb_stick() {
     .unwrap();
     assert_eq!(b.get("/healthz").unwrap().0, 200);
 }
+
+/// A llama GGUF the store accepts (valid header, metadata and one f32 tensor in bounds), small
+/// enough to import seven times a test; the worker cannot run it (no tokenizer), which does
+/// not matter to the library. `seed` changes the bytes and so the digest.
+fn tiny_gguf(floats: usize, seed: u8) -> Vec<u8> {
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+    let mut kvs = Vec::new();
+    let mut n_kv = 0u64;
+    let mut kv = |key: &str, ty: u32, value: Vec<u8>| {
+        kvs.extend(string(key));
+        kvs.extend(ty.to_le_bytes());
+        kvs.extend(value);
+        n_kv += 1;
+    };
+    kv("general.architecture", 8, string("llama"));
+    kv("llama.context_length", 4, 2048u32.to_le_bytes().to_vec());
+    kv("llama.block_count", 4, 2u32.to_le_bytes().to_vec());
+    kv("llama.attention.head_count", 4, 4u32.to_le_bytes().to_vec());
+    kv(
+        "llama.attention.head_count_kv",
+        4,
+        2u32.to_le_bytes().to_vec(),
+    );
+    kv("llama.embedding_length", 4, 64u32.to_le_bytes().to_vec());
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(n_kv.to_le_bytes());
+    b.extend(kvs);
+    b.extend(string("w"));
+    b.extend(1u32.to_le_bytes());
+    b.extend((floats as u64).to_le_bytes());
+    b.extend(0u32.to_le_bytes()); // F32
+    b.extend(0u64.to_le_bytes()); // offset
+    while b.len() % 32 != 0 {
+        b.push(0);
+    }
+    b.extend((0..floats * 4).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    b
+}
+
+fn sha256_name(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(bytes);
+    format!(
+        "sha256-{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// Every file below `dir`, relative, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn names(list: &Value) -> Vec<String> {
+    list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// How the model reaches the box in one crash run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Via {
+    Upload,
+    Media,
+}
+
+/// One crash run: a fresh box told (`HEARTH_TEST_CRASH_AT`) to abort at `point`, the model
+/// sent `via` HTTP, hearthd seen dying, restarted without the fault, then the library checked
+/// over HTTP (nothing or the whole verified model; an unfinished upload resumes) and on disk
+/// (no partial or temporary file left, every blob listed and whole). Returns the restarted box.
+fn crash_once(point: u32, via: Via, file: &Path, stick: &Path) -> (Box_, Ui) {
+    let bytes = std::fs::read(file).unwrap();
+    let digest = sha256_name(&bytes);
+    let config = stick.join("hearth.toml");
+    std::fs::write(
+        &config,
+        format!("media_dir = {:?}\n", stick.join("media")),
+    )
+    .unwrap();
+    let args = ["--config".as_ref(), config.as_os_str()];
+    let point_s = point.to_string();
+    let env = [("HEARTH_TEST_CRASH_AT", point_s.as_ref())];
+    let mut b = Box_::start_with_env(tempfile::tempdir().unwrap(), &args, &env).unwrap();
+    let ui = Ui::login(&b).unwrap();
+    let what = format!("point {point} via {via:?}");
+    let size = bytes.len();
+    match via {
+        Via::Upload => {
+            let filename = file.file_name().unwrap().to_string_lossy();
+            let (status, body) = ui
+                .send(
+                    "POST",
+                    "/ui/models/uploads",
+                    Some(&json!({"filename": filename, "size": size})),
+                )
+                .unwrap();
+            assert_eq!(status, 201, "{what}: {body}");
+            let id = body["upload"]["id"].as_str().unwrap().to_owned();
+            // Two chunks, then finish; the request that reaches the fault point gets no answer.
+            let half = size / 2;
+            let _ = ui
+                .put_chunk(&id, 0, &bytes[..half])
+                .and_then(|_| ui.put_chunk(&id, half as u64, &bytes[half..]))
+                .and_then(|_| {
+                    ui.send(
+                        "POST",
+                        &format!("/ui/models/uploads/{id}/finish"),
+                        Some(&json!({"name": "crashy"})),
+                    )
+                });
+        }
+        Via::Media => {
+            let rel = format!("STICK/{}", file.file_name().unwrap().to_string_lossy());
+            let _ = ui.send(
+                "POST",
+                "/ui/models/media/import",
+                Some(&json!({"path": rel, "name": "crashy"})),
+            );
+        }
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = b.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{what}: hearthd never reached the fault point"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(6), "{what}: {status} (not SIGABRT)");
+    let log = std::fs::read_to_string(b.data.path().join("hearthd.log")).unwrap();
+    assert!(log.contains("crashing at a configured fault point"), "{what}");
+
+    // Restart on the same data directory, without the fault.
+    let data = std::mem::replace(&mut b.data, tempfile::tempdir().unwrap());
+    drop(b);
+    let b = Box_::start_in(data, &args).unwrap();
+    let ui = Ui::login(&b).unwrap();
+    let (status, list) = ui.get("/ui/models").unwrap();
+    assert_eq!(status, 200, "{what}: {list}");
+    let listed = names(&list);
+    // Up to the catalogue commit the model is absent; from then on it is whole.
+    let want: &[&str] = if point >= hearth_store_last_point() {
+        &["crashy"]
+    } else {
+        &[]
+    };
+    assert_eq!(listed, want, "{what}: {list}");
+    let (_, uploads) = ui.get("/ui/models/uploads").unwrap();
+    let uploads = uploads["uploads"].as_array().unwrap().clone();
+    if via == Via::Media || point >= 5 {
+        // Media copies restart from scratch; after the rename nothing is left to resume.
+        assert_eq!(uploads, Vec::<Value>::new(), "{what}");
+    }
+    if via == Via::Upload && point <= 4 {
+        // The bytes were kept: resume from what the box says it has, then finish.
+        assert_eq!(uploads.len(), 1, "{what}: {uploads:?}");
+        let up = &uploads[0];
+        let id = up["id"].as_str().unwrap();
+        let received = up["received"].as_u64().unwrap() as usize;
+        assert!(received <= size, "{what}: {up}");
+        if received < size {
+            let (status, body) = ui.put_chunk(id, received as u64, &bytes[received..]).unwrap();
+            assert_eq!(status, 200, "{what}: {body}");
+        }
+        let (status, body) = ui
+            .send(
+                "POST",
+                &format!("/ui/models/uploads/{id}/finish"),
+                Some(&json!({"name": "crashy"})),
+            )
+            .unwrap();
+        assert_eq!(status, 201, "{what}: {body}");
+    }
+    let (_, list) = ui.get("/ui/models").unwrap();
+    for m in list["models"].as_array().unwrap() {
+        assert_eq!(
+            (&m["digest"], &m["size"], &m["state"]),
+            (&json!(digest), &json!(size), &json!("ok")),
+            "{what}: {m}"
+        );
+    }
+    // On disk: no partial or temporary file, and exactly the listed blobs, each whole.
+    let models = b.data.path().join("models");
+    let files = tree(&models);
+    let stray: Vec<&String> = files
+        .iter()
+        .filter(|f| {
+            f.ends_with(".partial")
+                || f.ends_with(".tmp")
+                || f.starts_with("tmp/")
+                || f.starts_with("uploads/")
+                || f.starts_with("quarantine/")
+        })
+        .collect();
+    assert!(stray.is_empty(), "{what}: stray files {stray:?}");
+    let blobs: Vec<&String> = files.iter().filter(|f| f.starts_with("blobs/")).collect();
+    let expect: Vec<String> = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| format!("blobs/{}", m["digest"].as_str().unwrap()))
+        .collect();
+    assert_eq!(blobs, expect.iter().collect::<Vec<_>>(), "{what}");
+    for blob in &blobs {
+        let stored = std::fs::read(models.join(blob)).unwrap();
+        assert_eq!(&format!("blobs/{}", sha256_name(&stored)), *blob, "{what}");
+    }
+    (b, ui)
+}
+
+fn hearth_store_last_point() -> u32 {
+    // hearth_store::LAST_FAULT_POINT (the e2e crate talks to the box only over HTTP).
+    7
+}
+
+#[test]
+fn hearthd_killed_at_every_import_step_keeps_nothing_or_the_whole_model() {
+    let Some(smol) = model(SMOLLM2) else { return };
+    let stick = tempfile::tempdir().unwrap();
+    let media = stick.path().join("media/STICK");
+    std::fs::create_dir_all(&media).unwrap();
+    let tiny = media.join("tiny.gguf");
+    std::fs::write(&tiny, tiny_gguf(1 << 19, 7)).unwrap(); // 2 MiB
+    let start = Instant::now();
+    for point in 1..=hearth_store_last_point() {
+        for via in [Via::Upload, Via::Media] {
+            let (mut b, ui) = if point == hearth_store_last_point() && via == Via::Upload {
+                // Once with the real model: after the crash it is listed, loads and answers.
+                let (mut b, ui) = crash_once(point, via, &smol, stick.path());
+                ui.wait_loaded(&mut b, "crashy").unwrap();
+                assert!(!ask(&b, "crashy").trim().is_empty());
+                (b, ui)
+            } else {
+                crash_once(point, via, &tiny, stick.path())
+            };
+            drop(ui);
+            b.terminate().unwrap();
+        }
+    }
+    eprintln!(
+        "{} crash runs in {:.1} s",
+        2 * hearth_store_last_point(),
+        start.elapsed().as_secs_f64()
+    );
+}
