@@ -614,11 +614,7 @@ fn crash_once(point: u32, via: Via, file: &Path, stick: &Path) -> (Box_, Ui) {
     let bytes = std::fs::read(file).unwrap();
     let digest = sha256_name(&bytes);
     let config = stick.join("hearth.toml");
-    std::fs::write(
-        &config,
-        format!("media_dir = {:?}\n", stick.join("media")),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("media_dir = {:?}\n", stick.join("media"))).unwrap();
     let args = ["--config".as_ref(), config.as_os_str()];
     let point_s = point.to_string();
     let env = [("HEARTH_TEST_CRASH_AT", point_s.as_ref())];
@@ -674,7 +670,10 @@ fn crash_once(point: u32, via: Via, file: &Path, stick: &Path) -> (Box_, Ui) {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(6), "{what}: {status} (not SIGABRT)");
     let log = std::fs::read_to_string(b.data.path().join("hearthd.log")).unwrap();
-    assert!(log.contains("crashing at a configured fault point"), "{what}");
+    assert!(
+        log.contains("crashing at a configured fault point"),
+        "{what}"
+    );
 
     // Restart on the same data directory, without the fault.
     let data = std::mem::replace(&mut b.data, tempfile::tempdir().unwrap());
@@ -705,7 +704,9 @@ fn crash_once(point: u32, via: Via, file: &Path, stick: &Path) -> (Box_, Ui) {
         let received = up["received"].as_u64().unwrap() as usize;
         assert!(received <= size, "{what}: {up}");
         if received < size {
-            let (status, body) = ui.put_chunk(id, received as u64, &bytes[received..]).unwrap();
+            let (status, body) = ui
+                .put_chunk(id, received as u64, &bytes[received..])
+                .unwrap();
             assert_eq!(status, 200, "{what}: {body}");
         }
         let (status, body) = ui
@@ -788,4 +789,110 @@ fn hearthd_killed_at_every_import_step_keeps_nothing_or_the_whole_model() {
         2 * hearth_store_last_point(),
         start.elapsed().as_secs_f64()
     );
+}
+
+/// Polls `GET /ui/models/media` until `pred` holds (at most 8 s: the watcher lists `media_dir`
+/// every 2 s by default); returns the answer and how long it took.
+fn wait_media(ui: &Ui, what: &str, pred: impl Fn(&[&str]) -> bool) -> (Value, Duration) {
+    let start = Instant::now();
+    loop {
+        let (status, media) = ui.get("/ui/models/media").unwrap();
+        assert_eq!(status, 200, "{media}");
+        let paths: Vec<&str> = media["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect();
+        if pred(&paths) {
+            return (media.clone(), start.elapsed());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "{what}: not seen within 8 s: {media}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_stick_plugged_in_while_hearthd_runs_is_noticed_and_one_pulled_out_is_gone() {
+    let stick = tempfile::tempdir().unwrap();
+    let media = stick.path().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let config = stick.path().join("hearth.toml");
+    std::fs::write(&config, format!("media_dir = {media:?}\n")).unwrap();
+    let b = Box_::start(&["--config".as_ref(), config.as_os_str()]).unwrap();
+    let ui = Ui::login(&b).unwrap();
+    let (first, _) = wait_media(&ui, "empty", |p| p.is_empty());
+    let g0 = first["generation"].as_u64().unwrap();
+    assert!(g0 >= 1, "{first}");
+
+    // A stick appears at once, as a mount does: a directory built aside, renamed in.
+    let staging = stick.path().join("staging");
+    std::fs::create_dir_all(staging.join("models")).unwrap();
+    std::fs::write(staging.join("models/tiny.gguf"), tiny_gguf(1024, 3)).unwrap();
+    std::fs::write(staging.join("notes.txt"), b"not a model").unwrap();
+    std::fs::rename(&staging, media.join("KINGSTON")).unwrap();
+    let (seen, after) = wait_media(&ui, "plugged in", |p| p == ["KINGSTON/models/tiny.gguf"]);
+    eprintln!("a new stick was listed after {:.1} s", after.as_secs_f64());
+    assert!(seen["generation"].as_u64().unwrap() > g0, "{seen}");
+    assert!(seen["changed_at"].as_i64().is_some(), "{seen}");
+    // The listing stays put while nothing changes.
+    std::thread::sleep(Duration::from_millis(2500));
+    let (_, same) = ui.get("/ui/models/media").unwrap();
+    assert_eq!(same["generation"], seen["generation"]);
+    assert!(same["checked_at"].as_i64() >= seen["checked_at"].as_i64());
+
+    // What was noticed imports.
+    let (status, body) = ui
+        .send(
+            "POST",
+            "/ui/models/media/import",
+            Some(&json!({"path": "KINGSTON/models/tiny.gguf"})),
+        )
+        .unwrap();
+    assert_eq!(status, 202, "{body}");
+    let id = body["import"]["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    loop {
+        let (_, s) = ui.get(&format!("/ui/models/imports/{id}")).unwrap();
+        if s["import"]["state"] == "done" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{s}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A real mount, when this machine allows one (root, not in a locked-down container).
+    let mounted = media.join("SANDISK");
+    std::fs::create_dir_all(&mounted).unwrap();
+    let is_root =
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    let mount_ok = is_root
+        && std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16m", "hearth-test-stick"])
+            .arg(&mounted)
+            .status()
+            .is_ok_and(|s| s.success());
+    if mount_ok {
+        std::fs::write(mounted.join("m.gguf"), tiny_gguf(1024, 4)).unwrap();
+        wait_media(&ui, "mounted", |p| p.contains(&"SANDISK/m.gguf"));
+        let ok = std::process::Command::new("umount")
+            .arg(&mounted)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "umount {}", mounted.display());
+        wait_media(&ui, "unmounted", |p| !p.contains(&"SANDISK/m.gguf"));
+    } else {
+        eprintln!("a real mount is not possible here; the directory stands in for it");
+    }
+
+    // Pulled out: gone from the listing.
+    std::fs::remove_dir_all(media.join("KINGSTON")).unwrap();
+    let (gone, _) = wait_media(&ui, "pulled out", |p| p.is_empty());
+    assert!(gone["generation"].as_u64() > seen["generation"].as_u64());
+    // The import made before survives the stick leaving.
+    let (_, list) = ui.get("/ui/models").unwrap();
+    assert_eq!(names(&list), ["tiny"], "{list}");
 }
