@@ -20,8 +20,8 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use crate::{EngineError, Result};
 
 /// Architectures the engine has a forward pass for.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
-const SUPPORTED_LIST: &str = "llama, qwen2";
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3"];
+const SUPPORTED_LIST: &str = crate::model::SUPPORTED;
 
 /// Most tensors a file may declare.
 pub const MAX_TENSORS: u64 = 1 << 16;
@@ -1010,10 +1010,10 @@ mod tests {
                         n_kv: 0,
                         ..valid()
                     }
-                    .kv_str("general.architecture", "gemma3"),
+                    .kv_str("general.architecture", "mamba"),
                 ),
                 Want::Unsupported,
-                "gemma3",
+                "mamba",
             ),
             (
                 "architecture missing",

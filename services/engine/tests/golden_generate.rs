@@ -252,6 +252,13 @@ const SMOLLM2_KNOWN_DIVERGENT: &[&str] = &[
 /// the earlier sequential accumulation, now matches.
 const QWEN_KNOWN_DIVERGENT: &[&str] = &["raw-unicode"];
 
+/// gemma-3-270m (Q4_K_M mix, Q8_0 embeddings tied to the output). The chat cases run too:
+/// this test feeds each case's recorded `prompt_tokens`, which llama.cpp rendered with its
+/// ChatML fallback (the GGUF has no template); whether Hearth renders that fallback itself is
+/// `golden_tokenize`'s concern. No prompt reaches the 512-token sliding window, so the window
+/// itself is covered by the synthetic model test (`tests/synthetic_arch.rs`).
+const GEMMA3_KNOWN_DIVERGENT: &[&str] = &[];
+
 fn check_fixture(file_name: &str, known_divergent: &[&str]) -> Result<()> {
     let path = fixtures_dir().join(file_name);
     let text =
@@ -329,4 +336,10 @@ fn golden_smollm2_135m() -> Result<()> {
 fn golden_qwen2_5_coder_0_5b() -> Result<()> {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     check_fixture("qwen2.5-coder-0.5b.json", QWEN_KNOWN_DIVERGENT)
+}
+
+#[test]
+fn golden_gemma3_270m() -> Result<()> {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    check_fixture("gemma3-270m.json", GEMMA3_KNOWN_DIVERGENT)
 }

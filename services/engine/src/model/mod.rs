@@ -20,6 +20,8 @@
 //! Current limits: CPU only, one sequence, no RoPE scaling other than linear; the K-quants
 //! (Q4_K, Q6_K) still go through candle's `QMatMul` and its thread pool; weights are copied
 //! out of the file (not memory-mapped); no NEON build of the kernels yet.
+use candle_core::quantized::gguf_file::Value;
+
 use crate::gguf::GgufModelFile;
 use crate::{EngineConfig, EngineError, Result};
 
@@ -48,6 +50,35 @@ pub enum RopeStyle {
     Neox,
 }
 
+/// The feed-forward block's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnActivation {
+    /// `silu(gate) * up` (llama, qwen2, qwen3).
+    Silu,
+    /// `gelu(gate) * up` with ggml's tanh-approximation GELU (gemma3).
+    GeluTanh,
+}
+
+/// Interleaved sliding-window attention (gemma3): most layers see only the last `size`
+/// positions and rotate with their own RoPE frequency base.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlidingWindow {
+    /// A query at position `p` sees positions `p0` with `p - p0 < size`.
+    pub size: usize,
+    /// Per layer: whether it is a sliding-window (local) layer.
+    pub layers: Vec<bool>,
+    /// RoPE frequency base of the local layers (`rope.freq_base_swa`, default 10000); their
+    /// positions are never scaled.
+    pub rope_freq_base: f32,
+}
+
+impl SlidingWindow {
+    /// Whether layer `il` uses the window.
+    pub fn is_local(&self, il: usize) -> bool {
+        self.layers.get(il).copied().unwrap_or(false)
+    }
+}
+
 /// Shape and constants of a decoder, read from the GGUF metadata.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HParams {
@@ -68,23 +99,40 @@ pub struct HParams {
     pub context_length: usize,
     /// Whether q/k/v projections carry biases.
     pub qkv_bias: bool,
+    /// Whether each head of q and k is RMS-normalised (`attn_q_norm`/`attn_k_norm`) before
+    /// RoPE (qwen3, gemma3).
+    pub qk_norm: bool,
+    /// Whether the attention and feed-forward outputs are RMS-normalised before their residual
+    /// adds (gemma3's `post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    pub ffn_activation: FfnActivation,
+    /// Multiplier on the looked-up token embeddings (gemma3: `sqrt(n_embd)`).
+    pub embd_scale: Option<f32>,
+    /// gemma3: q is multiplied by this after RoPE and the attention scores are not scaled
+    /// again. `None`: the scores are scaled by `1/sqrt(head_dim)` (llama.cpp's `kq_scale`).
+    pub query_scale: Option<f32>,
+    pub sliding_window: Option<SlidingWindow>,
+    /// `cap * tanh(logits / cap)` on the output (gemma's `final_logit_softcapping`).
+    pub final_logit_softcap: Option<f32>,
 }
 
 impl HParams {
     /// Reads the hyperparameters of `file`'s architecture from its metadata.
     pub fn from_gguf(file: &GgufModelFile) -> Result<Self> {
         let arch = file.architecture().to_owned();
-        let (rope_style, qkv_bias) = match arch.as_str() {
-            "llama" => (RopeStyle::Interleaved, false),
-            "qwen2" => (RopeStyle::Neox, true),
+        let (rope_style, qkv_bias, qk_norm) = match arch.as_str() {
+            "llama" => (RopeStyle::Interleaved, false, false),
+            "qwen2" => (RopeStyle::Neox, true, false),
+            "qwen3" | "gemma3" => (RopeStyle::Neox, false, true),
             other => {
                 return Err(EngineError::UnsupportedArchitecture {
                     path: file.path.clone(),
                     arch: other.to_owned(),
-                    supported: "llama, qwen2",
+                    supported: SUPPORTED,
                 });
             }
         };
+        let gemma = arch == "gemma3";
         let key = |s: &str| file.arch_key(s);
         let n_embd = file.get_usize(&key("embedding_length"))?;
         let n_head = file.get_usize(&key("attention.head_count"))?;
@@ -141,8 +189,38 @@ impl HParams {
         };
         let rope_freq_base = file.opt_f32(&key("rope.freq_base"))?.unwrap_or(10_000.0);
         let rms_eps = file.get_f32(&key("attention.layer_norm_rms_epsilon"))?;
+        let n_layer = file.get_usize(&key("block_count"))?;
+        let (sliding_window, embd_scale, query_scale, final_logit_softcap) = if gemma {
+            #[allow(clippy::cast_precision_loss)]
+            let embd_scale = (n_embd as f32).sqrt();
+            // As llama.cpp: the 27B model (62 layers) scales by n_embd / n_head, the others by
+            // the key length (gemma's query_pre_attn_scalar).
+            let scalar = if n_layer == 62 {
+                n_embd / n_head
+            } else {
+                head_dim
+            };
+            #[allow(clippy::cast_precision_loss)]
+            let query_scale = 1.0 / (scalar as f32).sqrt();
+            let softcap = file
+                .opt_f32(&key("final_logit_softcapping"))?
+                .filter(|&c| c != 0.0);
+            if let Some(c) = softcap {
+                if !(c.is_finite() && c > 0.0) {
+                    return Err(invalid(format!("final logit soft-capping {c}")));
+                }
+            }
+            (
+                sliding_window(file, n_layer)?,
+                Some(embd_scale),
+                Some(query_scale),
+                softcap,
+            )
+        } else {
+            (None, None, None, None)
+        };
         let hp = Self {
-            n_layer: file.get_usize(&key("block_count"))?,
+            n_layer,
             n_embd,
             n_head,
             n_head_kv,
@@ -155,6 +233,17 @@ impl HParams {
             rms_eps,
             context_length: file.get_usize(&key("context_length"))?,
             qkv_bias,
+            qk_norm,
+            post_norms: gemma,
+            ffn_activation: if gemma {
+                FfnActivation::GeluTanh
+            } else {
+                FfnActivation::Silu
+            },
+            embd_scale,
+            query_scale,
+            sliding_window,
+            final_logit_softcap,
             architecture: arch,
         };
         if hp.n_layer == 0 || hp.n_embd == 0 || hp.context_length == 0 || hp.n_ff == 0 {
@@ -168,6 +257,62 @@ impl HParams {
         }
         Ok(hp)
     }
+}
+
+/// Architectures [`load`] builds a forward pass for.
+pub const SUPPORTED: &str = "llama, qwen2, qwen3, gemma3";
+
+/// gemma3's sliding-window layers, as llama.cpp reads them: none when
+/// `attention.sliding_window` is absent or 0; otherwise `attention.sliding_window_pattern`
+/// (an array of per-layer flags, or a period `n` whose last layer of every `n` is global),
+/// default period 6.
+fn sliding_window(file: &GgufModelFile, n_layer: usize) -> Result<Option<SlidingWindow>> {
+    let key = |s: &str| file.arch_key(s);
+    let size = match file.opt_usize(&key("attention.sliding_window"))? {
+        None | Some(0) => return Ok(None),
+        Some(n) => n,
+    };
+    let invalid = |reason: String| EngineError::InvalidGguf {
+        path: file.path.clone(),
+        reason,
+    };
+    let pattern_key = key("attention.sliding_window_pattern");
+    let layers = match file.metadata(&pattern_key) {
+        Some(Value::Array(flags)) => {
+            let flags: Option<Vec<bool>> = flags
+                .iter()
+                .map(|v| match v {
+                    Value::Bool(b) => Some(*b),
+                    _ => None,
+                })
+                .collect();
+            match flags {
+                Some(f) if f.len() == n_layer => f,
+                _ => {
+                    return Err(invalid(format!(
+                        "'{pattern_key}' is not {n_layer} per-layer booleans"
+                    )));
+                }
+            }
+        }
+        _ => {
+            let n = file.opt_usize(&pattern_key)?.unwrap_or(6);
+            (0..n_layer).map(|il| n == 0 || il % n < n - 1).collect()
+        }
+    };
+    let rope_freq_base = file
+        .opt_f32(&key("rope.freq_base_swa"))?
+        .unwrap_or(10_000.0);
+    if !(rope_freq_base.is_finite() && rope_freq_base > 0.0) {
+        return Err(invalid(format!(
+            "sliding-window RoPE frequency base {rope_freq_base}"
+        )));
+    }
+    Ok(Some(SlidingWindow {
+        size,
+        layers,
+        rope_freq_base,
+    }))
 }
 
 /// Builds the forward pass for the file's architecture.

@@ -17,10 +17,115 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// [`rms_norm`] of `x` into itself (same arithmetic: the row's scale is computed before any
+/// value of the row is overwritten).
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let n = weight.len();
+    for row in x.chunks_exact_mut(n) {
+        let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
+        #[allow(clippy::cast_possible_truncation)]
+        let mean = (sum / n as f64) as f32;
+        let scale = 1.0 / (mean + eps).sqrt();
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = (*v * scale) * w;
+        }
+    }
+}
+
 /// `silu(gate) * up`, elementwise, into `gate`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `gelu(gate) * up`, elementwise, into `gate`, as ggml's CPU `geglu` computes it: the gate
+/// saturates outside ±10 (0 below, the identity above); inside, it is rounded to f16 and looked
+/// up in a table of f16-rounded tanh-approximation GELU values (`GGML_GELU_FP16`).
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    let table = gelu_table();
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table[usize::from(f16_bits(x))] * u
+        };
+    }
+}
+
+/// ggml's `ggml_gelu_f32`: the tanh approximation, in `f32`.
+pub fn gelu_tanh(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044_715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// `f16(gelu(x))` for every f16 bit pattern `x`, as ggml fills `ggml_table_gelu_f16`.
+fn gelu_table() -> &'static [f32] {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|bits| round_to_f16(gelu_tanh(f16_to_f32(bits))))
+            .collect()
+    })
+}
+
+/// The bit pattern of `x` rounded to f16 (as [`round_to_f16`] rounds; NaN becomes a quiet NaN).
+fn f16_bits(x: f32) -> u16 {
+    let r = round_to_f16(x);
+    let bits = r.to_bits();
+    #[allow(clippy::cast_possible_truncation)]
+    let sign = ((bits >> 16) & 0x8000) as u16;
+    let abs = f32::from_bits(bits & 0x7fff_ffff);
+    if abs.is_nan() {
+        return sign | 0x7e00;
+    }
+    if abs.is_infinite() {
+        return sign | 0x7c00;
+    }
+    if abs < 6.103_515_6e-5 {
+        // Subnormal (or zero): a multiple of 2^-24, exactly representable.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let m = (abs * 16_777_216.0) as u16;
+        return sign | m;
+    }
+    let b = abs.to_bits();
+    #[allow(clippy::cast_possible_truncation)]
+    let exp = (((b >> 23) & 0xff) - 127 + 15) as u16;
+    #[allow(clippy::cast_possible_truncation)]
+    let mant = ((b >> 13) & 0x3ff) as u16;
+    sign | (exp << 10) | mant
+}
+
+/// The value of the f16 bit pattern `h`.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 == 0 { 1.0 } else { -1.0 };
+    let exp = i32::from((h >> 10) & 0x1f);
+    let mant = f32::from(h & 0x3ff);
+    match exp {
+        0 => sign * mant * (2f32).powi(-24),
+        31 if mant == 0.0 => sign * f32::INFINITY,
+        31 => f32::NAN,
+        e => sign * (1.0 + mant / 1024.0) * (2f32).powi(e - 15),
+    }
+}
+
+/// `cap * tanh(x / cap)` for every value, as llama.cpp's final logit soft-capping computes it
+/// (a scale by `1/cap`, `tanh`, a scale by `cap`).
+pub fn softcap(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    for v in x {
+        *v = (*v * inv).tanh() * cap;
+    }
+}
+
+/// Multiplies every value by `s`.
+pub fn scale(x: &mut [f32], s: f32) {
+    for v in x {
+        *v *= s;
     }
 }
 
@@ -173,6 +278,11 @@ pub struct AttnShape {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub head_dim: usize,
+    /// Multiplier on each `q·k` score (llama.cpp's `kq_scale`).
+    pub scale: f32,
+    /// Sliding window: a query at position `p` sees only positions `p0` with
+    /// `p - p0 < window` (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`). `None` for full attention.
+    pub window: Option<usize>,
 }
 
 /// Causal grouped-query attention of `q` (`rows` × `n_head` × `head_dim`, positions
@@ -245,11 +355,11 @@ fn attention_heads(
         n_head,
         n_head_kv,
         head_dim,
+        scale,
+        window,
     } = shape;
     let kv_dim = n_head_kv * head_dim;
     let group = n_head / n_head_kv;
-    #[allow(clippy::cast_precision_loss)]
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let tiled = outs.len() >= TILED_MIN_ROWS;
     let single = outs.len() == 1;
     let mut q_head = vec![0f32; head_dim];
@@ -257,6 +367,8 @@ fn attention_heads(
     let mut partial = vec![0f32; head_dim];
     for (i, out_row) in outs.iter_mut().enumerate() {
         let ctx = start + i + 1;
+        // First position the sliding window lets this query see (masked cells are skipped).
+        let lo = window.map_or(0, |w| ctx.saturating_sub(w));
         let q_row = &q[i * n_head * head_dim..(i + 1) * n_head * head_dim];
         for h in heads.clone() {
             let local = h - heads.start;
@@ -270,7 +382,7 @@ fn attention_heads(
             let q_src = &q_row[h * head_dim..(h + 1) * head_dim];
             if tiled {
                 q_head.copy_from_slice(q_src);
-                attend_tiled(&q_head, kv, ctx, scale, &mut scratch, o);
+                attend_tiled(&q_head, kv, lo..ctx, scale, &mut scratch, o);
                 continue;
             }
             // The vector kernel converts Q to the cache's f16 before the dot products.
@@ -280,12 +392,13 @@ fn attention_heads(
             let n_kv = ctx.next_multiple_of(256);
             if single && n_kv >= SPLIT_KV_MIN {
                 // Two chunks of n_kv/2 cells, each with its own online softmax, then merged.
-                let half = n_kv / 2;
-                let (m0, s0) = attend_vec(&q_head, kv, 0..half.min(ctx), scale, o);
-                let (m1, s1) = attend_vec(&q_head, kv, half.min(ctx)..ctx, scale, &mut partial);
+                // A chunk the window masks entirely has a zero sum and is left out.
+                let mid = (n_kv / 2).min(ctx);
+                let (m0, s0) = attend_vec(&q_head, kv, lo.min(mid)..mid, scale, o);
+                let (m1, s1) = attend_vec(&q_head, kv, lo.max(mid)..ctx, scale, &mut partial);
                 merge_partials(o, (m0, s0), &partial, (m1, s1));
             } else {
-                let (_, sum) = attend_vec(&q_head, kv, 0..ctx, scale, o);
+                let (_, sum) = attend_vec(&q_head, kv, lo..ctx, scale, o);
                 let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
                 o.iter_mut().for_each(|v| *v *= inv);
             }
@@ -372,20 +485,24 @@ fn merge_partials(a: &mut [f32], (ma, sa): (f32, f32), b: &[f32], (mb, sb): (f32
     }
 }
 
-/// ggml's tiled flash-attention kernel for one query row over positions `0..ctx`: f32
-/// throughout, the softmax max and sum updated once per tile of [`KV_TILE`] keys.
+/// ggml's tiled flash-attention kernel for one query row over positions `range`: f32
+/// throughout, the softmax max and sum updated once per tile of [`KV_TILE`] keys. Tiles are
+/// aligned to position 0 as ggml's are; positions before `range.start` are masked (ggml skips
+/// a tile masked entirely, and a masked score adds exactly zero to the rest).
 fn attend_tiled(
     q: &[f32],
     kv: KvHead<'_>,
-    ctx: usize,
+    range: std::ops::Range<usize>,
     scale: f32,
     scores: &mut Vec<f32>,
     o: &mut [f32],
 ) {
     o.fill(0.0);
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-    for tile in (0..ctx).step_by(KV_TILE) {
+    let (lo, ctx) = (range.start, range.end);
+    for tile in (lo - lo % KV_TILE..ctx).step_by(KV_TILE) {
         let end = (tile + KV_TILE).min(ctx);
+        let tile = tile.max(lo);
         scores.clear();
         scores.extend((tile..end).map(|j| dot(q, kv.k(j)) * scale));
         let tile_max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
@@ -484,6 +601,8 @@ mod tests {
             n_head: 4,
             n_head_kv: 2,
             head_dim: 8,
+            scale: 1.0 / 8f32.sqrt(),
+            window: None,
         };
         let kv_dim = 16;
         let rows = 40;

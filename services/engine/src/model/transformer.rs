@@ -1,4 +1,7 @@
-//! The llama/qwen2 decoder: pre-norm attention and SwiGLU feed-forward blocks.
+//! The decoder shared by llama, qwen2, qwen3 and gemma3: pre-norm attention and gated
+//! feed-forward blocks, with the per-architecture parts switched by [`HParams`] (q/k/v biases,
+//! per-head q/k norms, post-norms, GELU or SiLU gate, sliding-window layers with their own
+//! RoPE base, embedding scale, logit soft-capping).
 use std::sync::Arc;
 
 use candle_core::quantized::QTensor;
@@ -6,7 +9,7 @@ use candle_core::{Device, Tensor};
 
 use super::ops::{self, AttnShape, KvCache, RopeTable};
 use super::quant::{QMatrix, matmul_shared};
-use super::{Forward, HParams};
+use super::{FfnActivation, Forward, HParams};
 use crate::gguf::{GgufModelFile, TensorReader};
 use crate::{EngineConfig, EngineError, Result};
 
@@ -18,11 +21,20 @@ struct Layer {
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
     bv: Option<Vec<f32>>,
+    /// Per-head RMS norm weights of q and k (`head_dim` each).
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: QMatrix,
+    /// RMS norm of the attention output before its residual add (gemma3).
+    attn_post_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     gate: QMatrix,
     up: QMatrix,
     down: QMatrix,
+    /// RMS norm of the feed-forward output before its residual add (gemma3).
+    ffn_post_norm: Option<Vec<f32>>,
+    /// Sliding-window (local) layer.
+    local: bool,
 }
 
 /// A loaded decoder with its KV cache.
@@ -35,6 +47,8 @@ pub struct Transformer {
     output_norm: Vec<f32>,
     output: QMatrix,
     rope: RopeTable,
+    /// RoPE of the sliding-window layers, when the model has them.
+    rope_local: Option<RopeTable>,
     cache: Vec<KvCache>,
     /// Positions in the cache.
     cached: usize,
@@ -109,6 +123,13 @@ impl Transformer {
                     Ok(None)
                 }
             };
+            let opt = |l: &mut Loader, s: &str, len, want: bool| -> Result<Option<Vec<f32>>> {
+                if want {
+                    l.vector(&name(s), len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(Layer {
                 attn_norm: l.vector(&name("attn_norm.weight"), n_embd)?,
                 wq: l.matmul(&name("attn_q.weight"), q_dim, n_embd)?,
@@ -117,11 +138,16 @@ impl Transformer {
                 bq: bias(&mut l, "attn_q.bias", q_dim)?,
                 bk: bias(&mut l, "attn_k.bias", kv_dim)?,
                 bv: bias(&mut l, "attn_v.bias", kv_dim)?,
+                q_norm: opt(&mut l, "attn_q_norm.weight", hp.head_dim, hp.qk_norm)?,
+                k_norm: opt(&mut l, "attn_k_norm.weight", hp.head_dim, hp.qk_norm)?,
                 wo: l.matmul(&name("attn_output.weight"), n_embd, q_dim)?,
+                attn_post_norm: opt(&mut l, "post_attention_norm.weight", n_embd, hp.post_norms)?,
                 ffn_norm: l.vector(&name("ffn_norm.weight"), n_embd)?,
                 gate: l.matmul(&name("ffn_gate.weight"), hp.n_ff, n_embd)?,
                 up: l.matmul(&name("ffn_up.weight"), hp.n_ff, n_embd)?,
                 down: l.matmul(&name("ffn_down.weight"), n_embd, hp.n_ff)?,
+                ffn_post_norm: opt(&mut l, "post_ffw_norm.weight", n_embd, hp.post_norms)?,
+                local: hp.sliding_window.as_ref().is_some_and(|w| w.is_local(i)),
             });
         }
         let max_positions = config
@@ -148,6 +174,10 @@ impl Transformer {
         Ok(Self {
             pool,
             rope: RopeTable::new(hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale),
+            rope_local: hp
+                .sliding_window
+                .as_ref()
+                .map(|w| RopeTable::new(hp.n_rot, w.rope_freq_base, 1.0)),
             cache: (0..hp.n_layer).map(|_| KvCache::default()).collect(),
             cached: 0,
             max_positions,
@@ -215,20 +245,43 @@ impl Transformer {
         let hp = &self.hp;
         let rows = tokens.len();
         self.rope.ensure(start_pos + rows);
+        if let Some(r) = &mut self.rope_local {
+            r.ensure(start_pos + rows);
+        }
         let ids = Tensor::from_slice(tokens, rows, &Device::Cpu)?;
         let mut hidden = self
             .embeddings
             .embedding(&ids)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let shape = AttnShape {
+        if let Some(s) = hp.embd_scale {
+            ops::scale(&mut hidden, s);
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let kq_scale = match hp.query_scale {
+            Some(_) => 1.0,
+            None => 1.0 / (hp.head_dim as f32).sqrt(),
+        };
+        let full = AttnShape {
             n_head: hp.n_head,
             n_head_kv: hp.n_head_kv,
             head_dim: hp.head_dim,
+            scale: kq_scale,
+            window: None,
         };
         let mut normed = vec![0f32; hidden.len()];
         let mut attn = vec![0f32; rows * hp.n_head * hp.head_dim];
         for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
+            let (rope, shape) = match (&self.rope_local, &hp.sliding_window) {
+                (Some(rope), Some(w)) if layer.local => (
+                    rope,
+                    AttnShape {
+                        window: Some(w.size),
+                        ..full
+                    },
+                ),
+                _ => (&self.rope, full),
+            };
             ops::rms_norm(&hidden, &layer.attn_norm, hp.rms_eps, &mut normed);
             let [mut q, mut k, mut v] = take(matmul_shared(
                 &self.pool,
@@ -245,13 +298,23 @@ impl Transformer {
                     ops::add_bias(x, b);
                 }
             }
-            self.rope
-                .apply(&mut q, start_pos, hp.n_head, hp.head_dim, hp.rope_style);
-            self.rope
-                .apply(&mut k, start_pos, hp.n_head_kv, hp.head_dim, hp.rope_style);
+            if let Some(w) = &layer.q_norm {
+                ops::rms_norm_in_place(&mut q, w, hp.rms_eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                ops::rms_norm_in_place(&mut k, w, hp.rms_eps);
+            }
+            rope.apply(&mut q, start_pos, hp.n_head, hp.head_dim, hp.rope_style);
+            rope.apply(&mut k, start_pos, hp.n_head_kv, hp.head_dim, hp.rope_style);
+            if let Some(s) = hp.query_scale {
+                ops::scale(&mut q, s);
+            }
             cache.append(&k, &v);
             ops::attention(&q, cache, start_pos, shape, &mut attn);
-            let o = layer.wo.matmul(&self.pool, &attn, rows)?;
+            let mut o = layer.wo.matmul(&self.pool, &attn, rows)?;
+            if let Some(w) = &layer.attn_post_norm {
+                ops::rms_norm_in_place(&mut o, w, hp.rms_eps);
+            }
             for (h, o) in hidden.iter_mut().zip(&o) {
                 *h += o;
             }
@@ -263,8 +326,14 @@ impl Transformer {
                 &normed,
                 rows,
             )?)?;
-            ops::swiglu(&mut gate, &up);
-            let down = layer.down.matmul(&self.pool, &gate, rows)?;
+            match hp.ffn_activation {
+                FfnActivation::Silu => ops::swiglu(&mut gate, &up),
+                FfnActivation::GeluTanh => ops::geglu(&mut gate, &up),
+            }
+            let mut down = layer.down.matmul(&self.pool, &gate, rows)?;
+            if let Some(w) = &layer.ffn_post_norm {
+                ops::rms_norm_in_place(&mut down, w, hp.rms_eps);
+            }
             for (h, d) in hidden.iter_mut().zip(&down) {
                 *h += d;
             }
@@ -273,7 +342,11 @@ impl Transformer {
         let last = &hidden[(rows - 1) * hp.n_embd..];
         let mut last_normed = vec![0f32; hp.n_embd];
         ops::rms_norm(last, &self.output_norm, hp.rms_eps, &mut last_normed);
-        self.output.matmul(&self.pool, &last_normed, 1)
+        let mut logits = self.output.matmul(&self.pool, &last_normed, 1)?;
+        if let Some(cap) = hp.final_logit_softcap {
+            ops::softcap(&mut logits, cap);
+        }
+        Ok(logits)
     }
 }
 
