@@ -21,8 +21,11 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use super::kernels::{ActRow, Isa, QK, WeightRow, dot_rows};
+#[path = "kquants.rs"]
+mod kquants;
 use super::ops::round_to_f16;
 use crate::Result;
+use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, QK_K, dot_rows_k};
 
 /// The kernels this CPU runs, detected once.
 fn isa() -> Isa {
@@ -31,7 +34,7 @@ fn isa() -> Isa {
 }
 
 /// f16 bits to f32.
-fn f16_to_f32(h: u16) -> f32 {
+pub(super) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h & 0x8000) << 16;
     let exp = u32::from((h >> 10) & 0x1f);
     let man = u32::from(h & 0x3ff);
@@ -253,8 +256,75 @@ const ENGINE_KERNEL_TYPES: &[GgmlDType] = &[
     GgmlDType::Q8_0,
 ];
 
+/// Weights of one K-quant format, one entry per super-block, row after row.
+enum KBlocks {
+    Q4K {
+        blocks: Vec<BlockQ4K>,
+        /// Whether llama.cpp would repack this matrix (see [`kquants`]).
+        repacked: bool,
+    },
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
+}
+
+impl KBlocks {
+    /// Parses ggml's on-disk super-blocks of an `n × k` matrix; `None` for other formats or
+    /// a size mismatch.
+    fn parse(dtype: GgmlDType, data: &[u8], n: usize, k: usize, repacked: bool) -> Option<Self> {
+        if k % QK_K != 0 {
+            return None;
+        }
+        let count = n * (k / QK_K);
+        let (bytes, parsed) = match dtype {
+            GgmlDType::Q4K => (
+                BlockQ4K::BYTES,
+                KBlocks::Q4K {
+                    blocks: data
+                        .chunks_exact(BlockQ4K::BYTES)
+                        .map(BlockQ4K::parse)
+                        .collect(),
+                    // llama.cpp repacks Q4_K on AVX2 CPUs when the row count allows it.
+                    repacked: repacked && n % 8 == 0,
+                },
+            ),
+            GgmlDType::Q5K => (
+                BlockQ5K::BYTES,
+                KBlocks::Q5K(
+                    data.chunks_exact(BlockQ5K::BYTES)
+                        .map(BlockQ5K::parse)
+                        .collect(),
+                ),
+            ),
+            GgmlDType::Q6K => (
+                BlockQ6K::BYTES,
+                KBlocks::Q6K(
+                    data.chunks_exact(BlockQ6K::BYTES)
+                        .map(BlockQ6K::parse)
+                        .collect(),
+                ),
+            ),
+            _ => return None,
+        };
+        (data.len() == count * bytes).then_some(parsed)
+    }
+
+    /// Weight row `r` (`nb` super-blocks).
+    fn row(&self, r: usize, nb: usize) -> KRow<'_> {
+        let range = r * nb..(r + 1) * nb;
+        match self {
+            KBlocks::Q4K { blocks, repacked } => KRow::Q4K {
+                blocks: &blocks[range],
+                repacked: *repacked,
+            },
+            KBlocks::Q5K(b) => KRow::Q5K(&b[range]),
+            KBlocks::Q6K(b) => KRow::Q6K(&b[range]),
+        }
+    }
+}
+
 enum Kernel {
     Blocks(Blocks),
+    K(KBlocks),
     Candle(QMatMul),
 }
 
@@ -266,15 +336,12 @@ pub struct QMatrix {
 }
 
 impl QMatrix {
-    /// Takes a 2-D `[n, k]` tensor; the 32-block formats get the engine's kernels.
+    /// Takes a 2-D `[n, k]` tensor; the 32-block formats and the K-quants (Q4_K, Q5_K, Q6_K)
+    /// get the engine's kernels, anything else candle's `QMatMul`.
     pub fn new(t: QTensor) -> Result<Self> {
         let (n, k) = t.shape().dims2()?;
-        if let Some(blocks) = Self::engine_blocks(&t, n, k)? {
-            return Ok(Self {
-                n,
-                k,
-                kernel: Kernel::Blocks(blocks),
-            });
+        if let Some(kernel) = Self::engine_kernel(&t, n, k, true)? {
+            return Ok(Self { n, k, kernel });
         }
         Ok(Self {
             n,
@@ -283,26 +350,27 @@ impl QMatrix {
         })
     }
 
-    fn engine_blocks(t: &QTensor, n: usize, k: usize) -> Result<Option<Blocks>> {
-        if k % QK != 0 || !ENGINE_KERNEL_TYPES.contains(&t.dtype()) {
-            return Ok(None);
+    fn engine_kernel(t: &QTensor, n: usize, k: usize, repack: bool) -> Result<Option<Kernel>> {
+        if k % QK == 0 && ENGINE_KERNEL_TYPES.contains(&t.dtype()) {
+            return Ok(Self::parse_blocks(t, n, k)?.map(Kernel::Blocks));
         }
-        Self::parse_blocks(t, n, k)
+        if matches!(t.dtype(), GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) {
+            return Ok(KBlocks::parse(t.dtype(), &t.data()?, n, k, repack).map(Kernel::K));
+        }
+        Ok(None)
     }
 
     fn parse_blocks(t: &QTensor, n: usize, k: usize) -> Result<Option<Blocks>> {
         Ok(Blocks::parse(t.dtype(), &t.data()?).filter(|b| b.block_count() == n * k / QK))
     }
 
-    /// Like [`Self::new`], but a format without engine kernels shares `t` with candle.
+    /// Like [`Self::new`], but a format without engine kernels shares `t` with candle. Used
+    /// for tied embeddings, which llama.cpp does not repack (so Q4_K takes the plain
+    /// `vec_dot` arithmetic).
     pub fn from_arc(t: std::sync::Arc<QTensor>) -> Result<Self> {
         let (n, k) = t.shape().dims2()?;
-        if let Some(blocks) = Self::engine_blocks(&t, n, k)? {
-            return Ok(Self {
-                n,
-                k,
-                kernel: Kernel::Blocks(blocks),
-            });
+        if let Some(kernel) = Self::engine_kernel(&t, n, k, false)? {
+            return Ok(Self { n, k, kernel });
         }
         Ok(Self {
             n,
@@ -321,6 +389,39 @@ impl QMatrix {
 /// Output rows per work item.
 const CHUNK_ROWS: usize = 16;
 
+/// What one work item multiplies.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    Blocks(&'a Blocks, &'a [ActRow<'a>]),
+    K(&'a KBlocks, &'a [&'a [BlockQ8K]]),
+}
+
+/// A chunk of consecutive weight rows of one matrix and where their outputs go.
+struct Work<'a> {
+    src: Src<'a>,
+    k: usize,
+    first_row: usize,
+    out: Mutex<&'a mut [f32]>,
+}
+
+impl Work<'_> {
+    fn run(&self, isa: Isa, m: usize) {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
+            match self.src {
+                Src::Blocks(blocks, acts) => {
+                    let row = blocks.row(self.first_row + r, self.k / QK);
+                    dot_rows(isa, row, acts, out_row);
+                }
+                Src::K(blocks, acts) => {
+                    let row = blocks.row(self.first_row + r, self.k / QK_K);
+                    dot_rows_k(isa, row, acts, out_row);
+                }
+            }
+        }
+    }
+}
+
 /// Multiplies the same input `x` (`m` rows) by each of `mats` (all with the same `k`),
 /// quantizing `x` once per activation format and running all products in one parallel region.
 pub fn matmul_shared(
@@ -336,64 +437,59 @@ pub fn matmul_shared(
     };
     let q8_0 = needs(ActFormat::Q8_0).then(|| QActs::quantize(x, k, ActFormat::Q8_0));
     let q8_1 = needs(ActFormat::Q8_1).then(|| QActs::quantize(x, k, ActFormat::Q8_1));
+    let (rows_8_0, rows_8_1) = (act_rows(q8_0.as_ref()), act_rows(q8_1.as_ref()));
+    let q8_k: Vec<BlockQ8K> =
+        if k % QK_K == 0 && mats.iter().any(|w| matches!(w.kernel, Kernel::K(_))) {
+            x.chunks_exact(QK_K).map(BlockQ8K::quantize).collect()
+        } else {
+            Vec::new()
+        };
+    let rows_8_k: Vec<&[BlockQ8K]> = if q8_k.is_empty() {
+        Vec::new()
+    } else {
+        q8_k.chunks_exact(k / QK_K).collect()
+    };
 
     // Transposed outputs (n × m per matrix), cut into chunks of CHUNK_ROWS weight rows.
     let mut outs_t: Vec<Vec<f32>> = mats
         .iter()
         .map(|w| match w.kernel {
-            Kernel::Blocks(_) => vec![0f32; w.n * m],
+            Kernel::Blocks(_) | Kernel::K(_) => vec![0f32; w.n * m],
             Kernel::Candle(_) => Vec::new(),
         })
         .collect();
-    struct Work<'a> {
-        mat: &'a QMatrix,
-        blocks: &'a Blocks,
-        acts: &'a QActs,
-        first_row: usize,
-        out: Mutex<&'a mut [f32]>,
-    }
     let mut work = Vec::new();
     for (w, out) in mats.iter().zip(outs_t.iter_mut()) {
-        let Kernel::Blocks(blocks) = &w.kernel else {
-            continue;
-        };
         debug_assert_eq!(w.k, k);
-        let acts = match blocks.act_format() {
-            ActFormat::Q8_0 => q8_0.as_ref(),
-            ActFormat::Q8_1 => q8_1.as_ref(),
+        let src = match &w.kernel {
+            Kernel::Blocks(blocks) => match blocks.act_format() {
+                ActFormat::Q8_0 => Src::Blocks(blocks, &rows_8_0),
+                ActFormat::Q8_1 => Src::Blocks(blocks, &rows_8_1),
+            },
+            Kernel::K(blocks) if rows_8_k.len() == m => Src::K(blocks, &rows_8_k),
+            _ => continue,
         };
-        let Some(acts) = acts else { continue };
         for (c, chunk) in out.chunks_mut(CHUNK_ROWS * m).enumerate() {
             work.push(Work {
-                mat: w,
-                blocks,
-                acts,
+                src,
+                k: w.k,
                 first_row: c * CHUNK_ROWS,
                 out: Mutex::new(chunk),
             });
         }
     }
     let isa = isa();
-    let run = |item: &Work<'_>| {
-        let nb = item.mat.k / QK;
-        let mut out = item.out.lock().unwrap_or_else(|e| e.into_inner());
-        let acts: Vec<ActRow<'_>> = (0..item.acts.rows()).map(|i| item.acts.row(i)).collect();
-        for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
-            let row = item.blocks.row(item.first_row + r, nb);
-            dot_rows(isa, row, &acts, out_row);
-        }
-    };
     if work.len() <= 1 || pool.current_num_threads() <= 1 {
-        work.iter().for_each(run);
+        work.iter().for_each(|w| w.run(isa, m));
     } else {
-        pool.install(|| work.par_iter().for_each(run));
+        pool.install(|| work.par_iter().for_each(|w| w.run(isa, m)));
     }
     drop(work);
 
     let mut results = Vec::with_capacity(mats.len());
     for (w, out_t) in mats.iter().zip(outs_t) {
         match &w.kernel {
-            Kernel::Blocks(_) => results.push(transpose(&out_t, w.n, m)),
+            Kernel::Blocks(_) | Kernel::K(_) => results.push(transpose(&out_t, w.n, m)),
             Kernel::Candle(q) => {
                 let t = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
                 results.push(q.forward(&t)?.flatten_all()?.to_vec1::<f32>()?);
@@ -401,6 +497,12 @@ pub fn matmul_shared(
         }
     }
     Ok(results)
+}
+
+/// The activation rows of `a` for the kernels (none when absent).
+fn act_rows(a: Option<&QActs>) -> Vec<ActRow<'_>> {
+    a.map(|a| (0..a.rows()).map(|i| a.row(i)).collect())
+        .unwrap_or_default()
 }
 
 /// `n × m` row-major to `m × n`.
@@ -489,6 +591,62 @@ mod tests {
                         (g - want).abs() <= 2e-3 * mag + 1e-5,
                         "{dtype:?} [{i},{j}]: {g} vs {want}"
                     );
+                }
+            }
+        }
+    }
+
+    /// The K-quant matrices (repacked Q4_K for 8k rows, plain otherwise, Q5_K, Q6_K) agree
+    /// with candle's dequantized weights times the Q8_K-dequantized activations, through
+    /// `QMatrix` and the thread pool, for odd row and token counts.
+    #[test]
+    fn k_quants_match_dequantized_products() {
+        let k = 512;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (n, m) in [(24usize, 1usize), (37, 5)] {
+            #[allow(clippy::cast_precision_loss)]
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+                .collect();
+            #[allow(clippy::cast_precision_loss)]
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 53 % 89) as f32 - 44.0) / 30.0)
+                .collect();
+            let xq: Vec<f32> = x
+                .chunks_exact(QK_K)
+                .flat_map(|c| {
+                    let b = BlockQ8K::quantize(c);
+                    b.qs.map(|q| f32::from(q) * b.d)
+                })
+                .collect();
+            let wt = Tensor::from_slice(&w, (n, k), &Device::Cpu).unwrap();
+            for dtype in [GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K] {
+                let q = QTensor::quantize(&wt, dtype).unwrap();
+                let deq = q
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                let mat = QMatrix::new(q).unwrap();
+                assert!(
+                    matches!(mat.kernel, Kernel::K(_)),
+                    "{dtype:?} should use the engine's kernel"
+                );
+                let got = mat.matmul(&pool, &x, m).unwrap();
+                for i in 0..m {
+                    for (j, wrow) in deq.iter().enumerate() {
+                        let xrow = &xq[i * k..(i + 1) * k];
+                        let want: f32 = wrow.iter().zip(xrow).map(|(a, b)| a * b).sum();
+                        let mag: f32 = wrow.iter().zip(xrow).map(|(a, b)| (a * b).abs()).sum();
+                        let g = got[i * n + j];
+                        assert!(
+                            (g - want).abs() <= 1e-4 * mag + 1e-5,
+                            "{dtype:?} n {n} [{i},{j}]: {g} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -1,0 +1,667 @@
+//! Dot products for the K-quants (Q4_K, Q5_K, Q6_K: super-blocks of 256 weights) against
+//! ggml's Q8_K activations, with the same runtime CPU-feature dispatch as [`crate::model::kernels`].
+//!
+//! Integer work is exact whatever order it runs in, so what has to follow llama.cpp is where
+//! the integer sums are turned into `f32` and how those are accumulated:
+//!
+//! - Q6_K and Q5_K follow ggml's AVX2 `ggml_vec_dot_q6_K_q8_K` / `q5_K`: per super-block,
+//!   eight `i32` lanes (lane `l` holds elements `4l..4l+4` of every 32-element group, with their
+//!   sub-block scales; Q6_K subtracts `32·Σ scale·bsum` per lane), each converted to `f32` and
+//!   multiply-added with `d_x·d_y` into eight accumulators, reduced as `hsum_float_8`. Q5_K's
+//!   minimum term is one scalar, `summs += -d_y·dmin_x · Σ min·bsum` per super-block.
+//! - Q4_K follows what llama.cpp runs on an AVX2 CPU: matrices whose row count is a multiple of
+//!   8 are repacked (`block_q4_Kx8`, `ggml_gemv_q4_K_8x8_q8_K` / gemm), where each output
+//!   accumulates one exact integer per super-block, `acc += f32(Σ scale·q·y) · (d_x·d_y)` and
+//!   `acc_min += f32(Σ min·bsum) · (dmin_x·d_y)`, result `acc - acc_min`. Other Q4_K matrices
+//!   take the plain AVX2 `ggml_vec_dot_q4_K_q8_K` (eight lanes for the scaled products, four
+//!   `f32` lanes for the minimum term).
+//!
+//! The bodies are portable Rust compiled twice (plainly, and for AVX2+FMA where the
+//! multiply-adds fuse as ggml's do); [`Isa`] picks one at run time. Like [`crate::model::kernels`],
+//! this module allows `unsafe` only to call the `#[target_feature]` versions, each call guarded
+//! by the runtime detection stored in [`Isa::Avx2Fma`].
+#![allow(unsafe_code)]
+
+use crate::model::kernels::Isa;
+
+/// Elements per super-block.
+pub const QK_K: usize = 256;
+
+/// One Q4_K super-block with its 6-bit scales and minimums unpacked.
+#[derive(Clone, Copy)]
+pub struct BlockQ4K {
+    pub d: f32,
+    pub dmin: f32,
+    /// Scale of each 32-element sub-block.
+    pub sc: [u8; 8],
+    /// Minimum of each 32-element sub-block.
+    pub mn: [u8; 8],
+    /// Nibbles: byte `32j + e` holds element `64j + e` (low) and `64j + 32 + e` (high).
+    pub qs: [u8; 128],
+}
+
+/// One Q5_K super-block: Q4_K plus a fifth bit per element.
+#[derive(Clone, Copy)]
+pub struct BlockQ5K {
+    pub d: f32,
+    pub dmin: f32,
+    pub sc: [u8; 8],
+    pub mn: [u8; 8],
+    /// Bit `2j` of byte `e` is element `64j + e`'s fifth bit, bit `2j+1` element `64j+32+e`'s.
+    pub qh: [u8; 32],
+    pub qs: [u8; 128],
+}
+
+/// One Q6_K super-block as ggml stores it (scale converted to `f32`).
+#[derive(Clone, Copy)]
+pub struct BlockQ6K {
+    pub d: f32,
+    /// Low four bits.
+    pub ql: [u8; 128],
+    /// High two bits.
+    pub qh: [u8; 64],
+    /// Signed scale of each 16-element sub-block.
+    pub sc: [i8; 16],
+}
+
+/// One super-block of activations, as ggml's `block_q8_K`.
+#[derive(Clone, Copy)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    /// Sum of each 16 consecutive `qs`.
+    pub bsums: [i16; 16],
+}
+
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    super::f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// ggml's `get_scale_min_k4` for all eight sub-blocks.
+fn scales_mins_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let mut sc = [0u8; 8];
+    let mut mn = [0u8; 8];
+    for j in 0..8 {
+        if j < 4 {
+            sc[j] = s[j] & 63;
+            mn[j] = s[j + 4] & 63;
+        } else {
+            sc[j] = (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4);
+            mn[j] = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+    }
+    (sc, mn)
+}
+
+impl BlockQ4K {
+    /// Bytes of one block on disk.
+    pub const BYTES: usize = 144;
+
+    /// Parses one on-disk block (`b.len() == BYTES`).
+    pub fn parse(b: &[u8]) -> Self {
+        let (sc, mn) = scales_mins_k4(&b[4..16]);
+        let mut qs = [0u8; 128];
+        qs.copy_from_slice(&b[16..144]);
+        Self {
+            d: f16_at(b, 0),
+            dmin: f16_at(b, 2),
+            sc,
+            mn,
+            qs,
+        }
+    }
+}
+
+impl BlockQ5K {
+    pub const BYTES: usize = 176;
+
+    pub fn parse(b: &[u8]) -> Self {
+        let (sc, mn) = scales_mins_k4(&b[4..16]);
+        let mut qh = [0u8; 32];
+        qh.copy_from_slice(&b[16..48]);
+        let mut qs = [0u8; 128];
+        qs.copy_from_slice(&b[48..176]);
+        Self {
+            d: f16_at(b, 0),
+            dmin: f16_at(b, 2),
+            sc,
+            mn,
+            qh,
+            qs,
+        }
+    }
+}
+
+impl BlockQ6K {
+    pub const BYTES: usize = 210;
+
+    pub fn parse(b: &[u8]) -> Self {
+        let mut ql = [0u8; 128];
+        ql.copy_from_slice(&b[0..128]);
+        let mut qh = [0u8; 64];
+        qh.copy_from_slice(&b[128..192]);
+        let mut sc = [0i8; 16];
+        for (s, &v) in sc.iter_mut().zip(&b[192..208]) {
+            *s = i8::from_le_bytes([v]);
+        }
+        Self {
+            d: f16_at(b, 208),
+            ql,
+            qh,
+            sc,
+        }
+    }
+}
+
+impl BlockQ8K {
+    /// ggml's `quantize_row_q8_K_ref` for one super-block: the scale is `1/iscale` with
+    /// `iscale = -127/max` (`max` the first element of largest magnitude), values rounded to
+    /// nearest-even.
+    pub fn quantize(x: &[f32]) -> Self {
+        let mut amax = 0f32;
+        let mut max = 0f32;
+        for &v in x {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let mut out = Self {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; 16],
+        };
+        if amax == 0.0 {
+            return out;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in out.qs.iter_mut().zip(x) {
+            // |iscale·v| ≤ 127 by construction (NaN maps to 0).
+            #[allow(clippy::cast_possible_truncation)]
+            let r = (iscale * v).round_ties_even().min(127.0) as i8;
+            *q = r;
+        }
+        for (s, chunk) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
+            *s = chunk.iter().map(|&q| i16::from(q)).sum();
+        }
+        out.d = 1.0 / iscale;
+        out
+    }
+}
+
+/// One weight row of a K-quant format, borrowed.
+#[derive(Clone, Copy)]
+pub enum KRow<'a> {
+    /// `repacked`: llama.cpp's AVX2 `block_q4_Kx8` arithmetic (see the module docs).
+    Q4K {
+        blocks: &'a [BlockQ4K],
+        repacked: bool,
+    },
+    Q5K(&'a [BlockQ5K]),
+    Q6K(&'a [BlockQ6K]),
+}
+
+/// Dot product of one weight row with each activation row (same number of super-blocks).
+pub fn dot_rows_k(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    match isa {
+        Isa::Portable => dot_rows_body::<false>(w, acts, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` is only returned by `Isa::detect` after
+        // `is_x86_feature_detected!` reported both AVX2 and FMA on this CPU.
+        Isa::Avx2Fma => unsafe { dot_rows_avx2(w, acts, out) },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    dot_rows_body::<true>(w, acts, out);
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA { a.mul_add(b, c) } else { a * b + c }
+}
+
+/// ggml's `hsum_float_8`.
+#[inline(always)]
+fn hsum8(l: [f32; 8]) -> f32 {
+    let r = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
+    (r[0] + r[2]) + (r[1] + r[3])
+}
+
+/// `Σ x·y` over 32 elements into eight lanes of four.
+#[inline(always)]
+fn lanes32(x: &[u8; 32], y: &[i8]) -> [i32; 8] {
+    let mut out = [0i32; 8];
+    for (l, o) in out.iter_mut().enumerate() {
+        let mut s = 0i32;
+        for t in 0..4 {
+            s += i32::from(x[4 * l + t]) * i32::from(y[4 * l + t]);
+        }
+        *o = s;
+    }
+    out
+}
+
+/// `Σ x·y` over 32 elements.
+#[inline(always)]
+fn dot32(x: &[u8; 32], y: &[i8]) -> i32 {
+    let mut s = 0i32;
+    for (&a, &b) in x.iter().zip(&y[..32]) {
+        s += i32::from(a) * i32::from(b);
+    }
+    s
+}
+
+/// Q4_K sub-blocks `2j` (low nibbles) and `2j+1` (high nibbles) of a super-block.
+#[inline(always)]
+fn q4k_pair(qs: &[u8; 128], j: usize) -> ([u8; 32], [u8; 32]) {
+    let mut lo = [0u8; 32];
+    let mut hi = [0u8; 32];
+    for e in 0..32 {
+        let b = qs[32 * j + e];
+        lo[e] = b & 0x0f;
+        hi[e] = b >> 4;
+    }
+    (lo, hi)
+}
+
+/// Q5_K sub-blocks `2j` and `2j+1`.
+#[inline(always)]
+fn q5k_pair(blk: &BlockQ5K, j: usize) -> ([u8; 32], [u8; 32]) {
+    let (mut lo, mut hi) = q4k_pair(&blk.qs, j);
+    for e in 0..32 {
+        lo[e] |= ((blk.qh[e] >> (2 * j)) & 1) << 4;
+        hi[e] |= ((blk.qh[e] >> (2 * j + 1)) & 1) << 4;
+    }
+    (lo, hi)
+}
+
+/// Q6_K's 32-element group `t` of half `j` (elements `128j + 32t ..`), unsigned 0..=63.
+#[inline(always)]
+fn q6k_group(blk: &BlockQ6K, j: usize, t: usize) -> [u8; 32] {
+    let mut v = [0u8; 32];
+    for (e, v) in v.iter_mut().enumerate() {
+        let l = blk.ql[64 * j + 32 * (t & 1) + e];
+        let low = if t < 2 { l & 0x0f } else { l >> 4 };
+        let high = (blk.qh[32 * j + e] >> (2 * t)) & 3;
+        *v = low | (high << 4);
+    }
+    v
+}
+
+/// Σ min · (sum of the activations of that 32-element sub-block), exact.
+#[inline(always)]
+fn min_sum(mn: &[u8; 8], bsums: &[i16; 16]) -> [i32; 4] {
+    let mut prod = [0i32; 4];
+    for (k, p) in prod.iter_mut().enumerate() {
+        for i in [2 * k, 2 * k + 1] {
+            let s = i32::from(bsums[2 * i]) + i32::from(bsums[2 * i + 1]);
+            *p += i32::from(mn[i]) * s;
+        }
+    }
+    prod
+}
+
+#[allow(clippy::cast_precision_loss)]
+#[inline(always)]
+fn dot_q4k<const FMA: bool>(w: &[BlockQ4K], a: &[BlockQ8K], repacked: bool) -> f32 {
+    if repacked {
+        let mut acc = 0f32;
+        let mut acc_min = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut sumi = 0i32;
+            for j in 0..4 {
+                let (lo, hi) = q4k_pair(&x.qs, j);
+                sumi += i32::from(x.sc[2 * j]) * dot32(&lo, &y.qs[64 * j..])
+                    + i32::from(x.sc[2 * j + 1]) * dot32(&hi, &y.qs[64 * j + 32..]);
+            }
+            let mins: i32 = min_sum(&x.mn, &y.bsums).iter().sum();
+            acc = madd::<FMA>(sumi as f32, x.d * y.d, acc);
+            acc_min = madd::<FMA>(mins as f32, x.dmin * y.d, acc_min);
+        }
+        acc - acc_min
+    } else {
+        let mut acc = [0f32; 8];
+        let mut acc_m = [0f32; 4];
+        for (x, y) in w.iter().zip(a) {
+            let d = y.d * x.d;
+            let dmin = -y.d * x.dmin;
+            for (m, p) in acc_m.iter_mut().zip(min_sum(&x.mn, &y.bsums)) {
+                *m = madd::<FMA>(dmin, p as f32, *m);
+            }
+            let mut sumi = [0i32; 8];
+            for j in 0..4 {
+                let (lo, hi) = q4k_pair(&x.qs, j);
+                let l0 = lanes32(&lo, &y.qs[64 * j..]);
+                let l1 = lanes32(&hi, &y.qs[64 * j + 32..]);
+                for l in 0..8 {
+                    sumi[l] += i32::from(x.sc[2 * j]) * l0[l] + i32::from(x.sc[2 * j + 1]) * l1[l];
+                }
+            }
+            for (acc, s) in acc.iter_mut().zip(sumi) {
+                *acc = madd::<FMA>(d, s as f32, *acc);
+            }
+        }
+        let m = [acc_m[0] + acc_m[2], acc_m[1] + acc_m[3]];
+        hsum8(acc) + (m[0] + m[1])
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+#[inline(always)]
+fn dot_q5k<const FMA: bool>(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d;
+        let dmin = -y.d * x.dmin;
+        let mins: i32 = min_sum(&x.mn, &y.bsums).iter().sum();
+        summs = madd::<FMA>(dmin, mins as f32, summs);
+        let mut sumi = [0i32; 8];
+        for j in 0..4 {
+            let (lo, hi) = q5k_pair(x, j);
+            let l0 = lanes32(&lo, &y.qs[64 * j..]);
+            let l1 = lanes32(&hi, &y.qs[64 * j + 32..]);
+            for l in 0..8 {
+                sumi[l] += i32::from(x.sc[2 * j]) * l0[l] + i32::from(x.sc[2 * j + 1]) * l1[l];
+            }
+        }
+        for (acc, s) in acc.iter_mut().zip(sumi) {
+            *acc = madd::<FMA>(d, s as f32, *acc);
+        }
+    }
+    hsum8(acc) + summs
+}
+
+#[allow(clippy::cast_precision_loss)]
+#[inline(always)]
+fn dot_q6k<const FMA: bool>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (x, y) in w.iter().zip(a) {
+        let d = y.d * x.d;
+        let mut sumi = [0i32; 8];
+        for j in 0..2 {
+            for t in 0..4 {
+                let q = q6k_group(x, j, t);
+                let l = lanes32(&q, &y.qs[128 * j + 32 * t..]);
+                let is = 4 * j + t;
+                for (lane, (s, v)) in sumi.iter_mut().zip(l).enumerate() {
+                    // Lanes 0..4 are the group's first 16 elements.
+                    let sc = x.sc[2 * is + usize::from(lane >= 4)];
+                    *s += i32::from(sc) * v;
+                }
+            }
+        }
+        for (l, s) in sumi.iter_mut().enumerate() {
+            let sub = i32::from(y.bsums[2 * l]) * i32::from(x.sc[2 * l])
+                + i32::from(y.bsums[2 * l + 1]) * i32::from(x.sc[2 * l + 1]);
+            *s -= sub << 5;
+        }
+        for (acc, s) in acc.iter_mut().zip(sumi) {
+            *acc = madd::<FMA>(d, s as f32, *acc);
+        }
+    }
+    hsum8(acc)
+}
+
+#[inline(always)]
+fn dot_rows_body<const FMA: bool>(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
+    for (o, a) in out.iter_mut().zip(acts) {
+        *o = match w {
+            KRow::Q4K { blocks, repacked } => dot_q4k::<FMA>(blocks, a, repacked),
+            KRow::Q5K(blocks) => dot_q5k::<FMA>(blocks, a),
+            KRow::Q6K(blocks) => dot_q6k::<FMA>(blocks, a),
+        };
+    }
+}
+
+/// Dequantized value of element `e` of a super-block, and the block's offset term, in `f64`
+/// (test reference).
+#[cfg(test)]
+pub fn reference_dot(w: KRow<'_>, a: &[BlockQ8K]) -> f64 {
+    let mut sum = 0f64;
+    let n = match w {
+        KRow::Q4K { blocks, .. } => blocks.len(),
+        KRow::Q5K(b) => b.len(),
+        KRow::Q6K(b) => b.len(),
+    };
+    for b in 0..n {
+        let y = &a[b];
+        for e in 0..QK_K {
+            let sub = e / 32;
+            let j = e / 64;
+            let hi = (e % 64) >= 32;
+            let idx = 32 * j + e % 32;
+            let wv = match w {
+                KRow::Q4K { blocks, .. } => {
+                    let x = &blocks[b];
+                    let q = if hi { x.qs[idx] >> 4 } else { x.qs[idx] & 15 };
+                    f64::from(x.d) * f64::from(x.sc[sub]) * f64::from(q)
+                        - f64::from(x.dmin) * f64::from(x.mn[sub])
+                }
+                KRow::Q5K(blocks) => {
+                    let x = &blocks[b];
+                    let q = if hi { x.qs[idx] >> 4 } else { x.qs[idx] & 15 };
+                    let h = (x.qh[e % 32] >> (2 * j + usize::from(hi))) & 1;
+                    let q = q | (h << 4);
+                    f64::from(x.d) * f64::from(x.sc[sub]) * f64::from(q)
+                        - f64::from(x.dmin) * f64::from(x.mn[sub])
+                }
+                KRow::Q6K(blocks) => {
+                    // ggml's dequantize_row_q6_K, element by element.
+                    let x = &blocks[b];
+                    let half = e / 128;
+                    let r = e % 128;
+                    let t = r / 32;
+                    let l = r % 32;
+                    let qlb = x.ql[64 * half + l + if t & 1 == 1 { 32 } else { 0 }];
+                    let low = if t < 2 { qlb & 15 } else { qlb >> 4 };
+                    let high = (x.qh[32 * half + l] >> (2 * t)) & 3;
+                    let q = i32::from(low | (high << 4)) - 32;
+                    let sc = x.sc[8 * half + l / 16 + 2 * t];
+                    f64::from(x.d) * f64::from(sc) * f64::from(q)
+                }
+            };
+            sum += wv * f64::from(y.d) * f64::from(y.qs[e]);
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn byte(&mut self) -> u8 {
+            self.next().to_le_bytes()[0]
+        }
+        #[allow(clippy::cast_precision_loss)]
+        fn unit(&mut self) -> f32 {
+            (self.next() % 2001) as f32 / 1000.0 - 1.0
+        }
+        /// A random f16 bit pattern of a finite value in about ±0.06.
+        fn f16(&mut self) -> [u8; 2] {
+            // Exponent 5..=10 (2^-10..2^-5), random sign and mantissa.
+            let exp = 5 + u16::from(self.byte()) % 6;
+            let bits = (u16::from(self.byte() & 1) << 15)
+                | (exp << 10)
+                | (u16::from_le_bytes([self.byte(), self.byte()]) & 0x3ff);
+            bits.to_le_bytes()
+        }
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.byte()).collect()
+        }
+    }
+
+    fn raw_q4k(rng: &mut Rng) -> Vec<u8> {
+        let mut b = Vec::with_capacity(BlockQ4K::BYTES);
+        b.extend(rng.f16());
+        b.extend(rng.f16());
+        b.extend(rng.bytes(BlockQ4K::BYTES - 4));
+        b
+    }
+
+    fn raw_q5k(rng: &mut Rng) -> Vec<u8> {
+        let mut b = Vec::with_capacity(BlockQ5K::BYTES);
+        b.extend(rng.f16());
+        b.extend(rng.f16());
+        b.extend(rng.bytes(BlockQ5K::BYTES - 4));
+        b
+    }
+
+    fn raw_q6k(rng: &mut Rng) -> Vec<u8> {
+        let mut b = rng.bytes(BlockQ6K::BYTES - 2);
+        b.extend(rng.f16());
+        b
+    }
+
+    fn acts(rng: &mut Rng, blocks: usize) -> Vec<BlockQ8K> {
+        (0..blocks)
+            .map(|_| {
+                let x: Vec<f32> = (0..QK_K).map(|_| rng.unit() * 3.0).collect();
+                BlockQ8K::quantize(&x)
+            })
+            .collect()
+    }
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        if Isa::detect() != Isa::Portable {
+            v.push(Isa::detect());
+        }
+        v
+    }
+
+    #[test]
+    fn q8k_quantization_follows_ggml() {
+        let mut x: Vec<f32> = (0..QK_K)
+            .map(|i| {
+                #[allow(clippy::cast_precision_loss)]
+                let v = (i as f32 - 100.0) / 37.0;
+                v
+            })
+            .collect();
+        x[7] = -9.0;
+        let q = BlockQ8K::quantize(&x);
+        // The largest magnitude is negative, so iscale = -127/-9 > 0 and it maps to -127.
+        assert_eq!(q.qs[7], -127);
+        assert!((q.d - 9.0 / 127.0).abs() < 1e-7);
+        for (i, s) in q.bsums.iter().enumerate() {
+            let want: i16 = q.qs[16 * i..16 * i + 16]
+                .iter()
+                .map(|&v| i16::from(v))
+                .sum();
+            assert_eq!(*s, want);
+        }
+        // A positive maximum gives a negative scale and maps itself to -127.
+        let y: Vec<f32> = x.iter().map(|v| -v).collect();
+        let q = BlockQ8K::quantize(&y);
+        assert_eq!(q.qs[7], -127);
+        assert!(q.d < 0.0);
+        assert!(BlockQ8K::quantize(&[0.0; QK_K]).qs.iter().all(|&v| v == 0));
+    }
+
+    /// Every format and compiled version against the f64 reference, odd block and row counts.
+    #[test]
+    fn kernels_match_scalar_reference() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for blocks in [1usize, 2, 3, 5] {
+            for n_acts in [1usize, 3, 4, 7] {
+                let q4: Vec<BlockQ4K> = (0..blocks)
+                    .map(|_| BlockQ4K::parse(&raw_q4k(&mut rng)))
+                    .collect();
+                let q5: Vec<BlockQ5K> = (0..blocks)
+                    .map(|_| BlockQ5K::parse(&raw_q5k(&mut rng)))
+                    .collect();
+                let q6: Vec<BlockQ6K> = (0..blocks)
+                    .map(|_| BlockQ6K::parse(&raw_q6k(&mut rng)))
+                    .collect();
+                let a: Vec<Vec<BlockQ8K>> = (0..n_acts).map(|_| acts(&mut rng, blocks)).collect();
+                let rows: Vec<&[BlockQ8K]> = a.iter().map(Vec::as_slice).collect();
+                let formats = [
+                    KRow::Q4K {
+                        blocks: &q4,
+                        repacked: true,
+                    },
+                    KRow::Q4K {
+                        blocks: &q4,
+                        repacked: false,
+                    },
+                    KRow::Q5K(&q5),
+                    KRow::Q6K(&q6),
+                ];
+                for (f, w) in formats.into_iter().enumerate() {
+                    for isa in isas() {
+                        let mut out = vec![f32::NAN; n_acts];
+                        dot_rows_k(isa, w, &rows, &mut out);
+                        for (i, (&got, a)) in out.iter().zip(&rows).enumerate() {
+                            let want = reference_dot(w, a);
+                            #[allow(clippy::cast_precision_loss)]
+                            let tol = 2e-3 * (blocks as f64) + 1e-5 * want.abs();
+                            assert!(
+                                (f64::from(got) - want).abs() <= tol,
+                                "format {f} {isa:?} blocks {blocks} row {i}: {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The portable and AVX2 versions agree up to fused rounding.
+    #[test]
+    fn compiled_versions_agree() {
+        let mut rng = Rng(7);
+        let q6: Vec<BlockQ6K> = (0..6)
+            .map(|_| BlockQ6K::parse(&raw_q6k(&mut rng)))
+            .collect();
+        let q4: Vec<BlockQ4K> = (0..6)
+            .map(|_| BlockQ4K::parse(&raw_q4k(&mut rng)))
+            .collect();
+        let a = acts(&mut rng, 6);
+        let rows = [a.as_slice()];
+        for w in [
+            KRow::Q6K(&q6),
+            KRow::Q4K {
+                blocks: &q4,
+                repacked: true,
+            },
+        ] {
+            let mut results = Vec::new();
+            for isa in isas() {
+                let mut out = [0f32];
+                dot_rows_k(isa, w, &rows, &mut out);
+                results.push(out[0]);
+            }
+            for r in &results {
+                assert!((r - results[0]).abs() <= 1e-4 * results[0].abs().max(1.0));
+            }
+        }
+    }
+
+    /// Parsing follows ggml's layout: a Q4_K block's scales through `get_scale_min_k4`.
+    #[test]
+    fn q4k_scales_unpack() {
+        let mut raw = vec![0u8; BlockQ4K::BYTES];
+        raw[4..16].copy_from_slice(&[
+            0xc1, 0x42, 0x03, 0x04, 0x45, 0x06, 0x87, 0x08, 0x9a, 0xbc, 0xde, 0xf0,
+        ]);
+        let b = BlockQ4K::parse(&raw);
+        assert_eq!(b.sc[..4], [0x01, 0x02, 0x03, 0x04]);
+        assert_eq!(b.mn[..4], [0x05, 0x06, 0x07, 0x08]);
+        // j = 4: (s[8] & 15) | (s[0] >> 6) << 4 = 0xa | 0x30; min (s[8] >> 4) | (s[4] >> 6) << 4.
+        assert_eq!(b.sc[4], 0x3a);
+        assert_eq!(b.mn[4], 0x19);
+    }
+}
