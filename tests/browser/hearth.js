@@ -13,6 +13,9 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 export const repo = path.resolve(here, "../..");
 export const model = process.env.HEARTH_TEST_MODEL ||
   path.join(os.homedir(), ".cache/hearth/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+/** The other two test models (tests/browser/run fetches them next to SmolLM2). */
+export const qwenModel = path.join(path.dirname(model), "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+export const gemmaModel = path.join(path.dirname(model), "gemma-3-270m-q4_k_m.gguf");
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -34,17 +37,21 @@ export async function startHearth() {
   if (!fs.existsSync(bin)) throw new Error(bin + " is missing: cargo build --release -p hearthd -p hearth-inference");
   if (!fs.existsSync(model)) throw new Error(model + " is missing: ../shared/scripts/fetch-models smollm2-135m");
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-browser-"));
+  // An empty directory stands in for /media; tests "plug in a stick" by renaming one into it.
+  const mediaDir = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-media-"));
+  const config = path.join(dataDir, "hearth.toml");
+  fs.writeFileSync(config, "media_dir = " + JSON.stringify(mediaDir) + "\n");
   const port = await freePort();
   const logPath = path.join(dataDir, "hearthd.log");
   const log = fs.openSync(logPath, "w");
-  const child = spawn(bin, ["--data-dir", dataDir, "--listen", "127.0.0.1:" + port, "--model", model], {
+  const child = spawn(bin, ["--config", config, "--data-dir", dataDir, "--listen", "127.0.0.1:" + port, "--model", model], {
     stdio: ["ignore", log, log], env: { ...process.env, HEARTH_LOG: "info" },
   });
   let exited = null;
   child.on("exit", (code, signal) => { exited = signal || code; });
   const base = "http://127.0.0.1:" + port;
   const box = {
-    base, dataDir, child, logPath,
+    base, dataDir, mediaDir, child, logPath,
     log: () => fs.readFileSync(logPath, "utf8"),
     async stop() {
       if (exited === null) {
@@ -53,7 +60,10 @@ export async function startHearth() {
         if (exited === null) child.kill("SIGKILL");
       }
       fs.closeSync(log);
-      if (!process.env.KEEP_DATA) fs.rmSync(dataDir, { recursive: true, force: true });
+      if (!process.env.KEEP_DATA) {
+        fs.rmSync(dataDir, { recursive: true, force: true });
+        fs.rmSync(mediaDir, { recursive: true, force: true });
+      }
     },
   };
   // Ready when the page is served and every model has loaded.

@@ -1,8 +1,10 @@
 // Hearth's web UI in real headless Chromium against the real hearthd and the real SmolLM2 model:
 // setup with the code, a streamed answer arriving token by token, stop, reload, regenerate,
-// rename/search/delete, the people and token settings, logout, keyboard-only login, a member who
-// cannot see the owner's conversation, every page at 360 px without horizontal overflow, light
-// and dark, and the chat page's weight on first load.
+// rename/search/delete, the Models page (SmolLM2 uploaded with a progress bar; a USB stick
+// noticed without a reload, Qwen and Gemma imported from it, Qwen answering), the people and
+// token settings, logout, keyboard-only login, a member who cannot see the owner's conversation,
+// every page at 360 px without horizontal overflow, light and dark, and the chat page's weight
+// on first load.
 //
 // Run with tests/browser/run (it installs chromium and playwright-core first).
 
@@ -10,7 +12,7 @@ import { after, before, describe, test as nodeTest } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { model, repo, setupCode, startBrowser, startHearth } from "./hearth.js";
+import { gemmaModel, model, qwenModel, repo, setupCode, startBrowser, startHearth } from "./hearth.js";
 
 const OWNER = { name: "Ada", password: "correct horse battery" };
 const MEMBER = { name: "Ben", password: "member password 1" };
@@ -305,6 +307,82 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
     page.once("dialog", (d) => d.accept());
     await card.getByRole("button", { name: "Delete" }).click();
     await card.waitFor({ state: "detached" });
+  });
+
+  test("models: a stick plugged in is noticed without a reload; Qwen and Gemma import from it; Qwen answers", async () => {
+    await go("#/models");
+    const notice = page.locator("#usb-notice");
+    assert.equal(await notice.isVisible(), false, "no stick yet, no notice");
+    // The stick is built aside and renamed into media_dir, so it appears at once, as a mount does.
+    const staging = fs.mkdtempSync(path.join(path.dirname(box.mediaDir), "hearth-stick-"));
+    fs.mkdirSync(path.join(staging, "models"));
+    for (const m of [qwenModel, gemmaModel]) {
+      const to = path.join(staging, "models", path.basename(m));
+      try { fs.linkSync(m, to); } catch { fs.copyFileSync(m, to); }
+    }
+    fs.writeFileSync(path.join(staging, "README.txt"), "not a model");
+    fs.renameSync(staging, path.join(box.mediaDir, "STICK"));
+    await notice.filter({ hasText: "USB stick found: 2 models" }).waitFor({ timeout: 10_000 });
+    await narrowCheck("models-usb");
+
+    const media = page.getByRole("list", { name: "Model files on removable media" });
+    const imports = page.getByRole("list", { name: "Imports" });
+    const qwen = "STICK/models/" + path.basename(qwenModel);
+    const gemma = "STICK/models/" + path.basename(gemmaModel);
+    for (const f of [qwen, gemma]) {
+      await media.locator("li").filter({ hasText: f }).getByRole("button", { name: "Import" }).click();
+    }
+    // Progress bars while copying, then an outcome per file.
+    const outcome = async (f) => {
+      const li = imports.locator("li").filter({ hasText: new RegExp("^" + f.replace(/\./g, "\\.") + ": (done|failed)") });
+      await li.waitFor({ timeout: 300_000 });
+      return li.textContent();
+    };
+    assert.match(await outcome(qwen), /: done/);
+    const qwenName = path.basename(qwenModel, ".gguf");
+    await page.locator(".model[data-name='" + qwenName + "']").waitFor({ timeout: 30_000 });
+    const gemmaOutcome = await outcome(gemma);
+    const gemmaName = path.basename(gemmaModel, ".gguf");
+    if (/: done/.test(gemmaOutcome)) {
+      // The engine runs gemma3: the library takes it.
+      await page.locator(".model[data-name='" + gemmaName + "']").waitFor({ timeout: 30_000 });
+    } else {
+      // An engine without gemma3: a clear refusal naming the architecture, nothing listed.
+      assert.match(gemmaOutcome, /failed — .*gemma3.*not supported|failed — .*unsupported.*gemma3/i, gemmaOutcome);
+      assert.equal(await page.locator(".model[data-name='" + gemmaName + "']").count(), 0);
+    }
+
+    // The imported Qwen loads and answers in a new chat.
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      const r = await page.evaluate(() => fetch("/ui/models").then((r) => r.json()));
+      const m = r.models.find((m) => m.name === qwenName);
+      if (m && m.loaded === "ready") break;
+      assert.ok(Date.now() < deadline, "qwen never loaded: " + JSON.stringify(m));
+      await page.waitForTimeout(500);
+    }
+    await go("#/chat");
+    await page.locator("#model option[value='" + qwenName + "']").waitFor({ state: "attached" });
+    await page.locator("details.options summary").click();
+    await page.getByLabel("Model", { exact: true }).selectOption(qwenName);
+    await sendAndWatch("What is the capital of France? One word.");
+    const answer = page.locator("#log .msg.assistant").last();
+    await answer.and(page.locator("[data-state=done]")).waitFor({ timeout: 300_000 });
+    await page.evaluate(() => window.__observer.disconnect());
+    assert.ok((await answer.locator(".body").textContent()).trim().length > 0);
+
+    // Pulled out: the notice says so; the imported models stay. Then they are deleted again.
+    await go("#/models");
+    await notice.filter({ hasText: "USB stick found" }).waitFor();
+    fs.rmSync(path.join(box.mediaDir, "STICK"), { recursive: true, force: true });
+    await notice.filter({ hasText: "The USB stick was removed." }).waitFor({ timeout: 10_000 });
+    for (const name of [qwenName, gemmaName]) {
+      const card = page.locator(".model[data-name='" + name + "']");
+      if (await card.count() === 0) continue;
+      page.once("dialog", (d) => d.accept());
+      await card.getByRole("button", { name: "Delete" }).click();
+      await card.waitFor({ state: "detached" });
+    }
   });
 
   test("the pages show the box's state", async () => {

@@ -1,6 +1,7 @@
 // The Models page: the model library (sizes, details, damaged state, free disk), and for the
 // owner: upload from this computer (resumable, in 8 MiB chunks, with a progress bar), import
-// from a USB stick, rename, make default, delete, check all models (scrub).
+// from a USB stick (a notice appears when one is plugged in), rename, make default, delete,
+// check all models (scrub).
 
 import { api, putBytes } from "./api.js";
 import { h, fill, bytes, when, statusLine } from "./dom.js";
@@ -159,12 +160,24 @@ export async function modelsPage({ session }) {
   const mediaList = h("ul", { class: "plain", "aria-label": "Model files on removable media" });
   const importList = h("ul", { class: "plain", "aria-label": "Imports" });
   const usbStatus = statusLine();
+  const usbNotice = statusLine();
+  usbNotice.id = "usb-notice";
+  usbNotice.classList.add("notice");
   const usb = h("section", { class: "card", id: "usb" },
     h("h3", { text: "Import from a USB stick" }), mediaList, importList, usbStatus);
 
+  // The box watches media_dir (a stick plugged in shows up within seconds); this page asks
+  // every 2 s and redraws only when the watcher's generation moves.
+  let mediaGeneration = null;
   async function loadMedia() {
     try {
       const r = await api("GET", "/ui/models/media");
+      if (r.generation !== undefined && r.generation === mediaGeneration) return;
+      const seenBefore = mediaGeneration !== null;
+      mediaGeneration = r.generation;
+      const n = r.files.length;
+      if (n > 0) usbNotice.set("USB stick found: " + n + (n === 1 ? " model" : " models") + " to import (below).");
+      else usbNotice.set(seenBefore && !usbNotice.hidden ? "The USB stick was removed." : "");
       fill(mediaList, r.files.map((f) => h("li", {}, h("span", { class: "path", text: f.path + " (" + bytes(f.size) + ") " }),
         h("button", { type: "button", class: "quiet", text: "Import", onclick: async () => {
           try { await api("POST", "/ui/models/media/import", { path: f.path }); loadImports(); } catch (e) { usbStatus.set(e.message, true); }
@@ -203,11 +216,11 @@ export async function modelsPage({ session }) {
     try { await api("POST", "/ui/models/scrub"); loadScrub(); } catch (e) { status.set(e.message, true); }
   });
 
-  const el = h("div", { class: "page" }, h("h2", { text: "Models" }), summary, status, list,
+  const el = h("div", { class: "page" }, h("h2", { text: "Models" }), summary, owner ? usbNotice : null, status, list,
     owner ? [uploadForm, usb, h("p", {}, scrubText, scrubBtn)] : h("p", { class: "hint", text: "The owner adds and removes models." }));
   await load();
   if (owner) { loadUploads(); loadMedia(); loadImports(); loadScrub(); }
-  const poll = setInterval(() => { if (owner) loadMedia(); }, 5000);
+  const poll = setInterval(() => { if (owner) loadMedia(); }, 2000);
 
   return {
     el, title: "Models",
