@@ -476,6 +476,32 @@ fn media_listing_reads_only_regular_files_and_never_follows_links() {
     assert_clean(dir.path());
 }
 
+#[test]
+fn the_media_view_moves_its_generation_only_when_the_listing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let media = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.media_dir = Some(media.path().to_owned());
+    let store = Store::open(cfg).unwrap();
+    let first = store.media();
+    assert_eq!((first.generation, first.files.len()), (1, 0));
+    assert!(first.changed_at.is_some() && first.checked_at.is_some());
+    assert_eq!(store.poll_media(), None, "nothing changed");
+    std::fs::create_dir(media.path().join("stick")).unwrap();
+    std::fs::write(media.path().join("stick/m.gguf"), tiny_gguf(64, 1)).unwrap();
+    let plugged = store.poll_media().expect("a new stick is a change");
+    assert_eq!(plugged.generation, 2);
+    assert_eq!(plugged.files[0].path, "stick/m.gguf");
+    assert_eq!(store.poll_media(), None);
+    assert_eq!(store.media(), plugged);
+    // A file growing while it is copied onto the stick is a change too.
+    std::fs::write(media.path().join("stick/m.gguf"), tiny_gguf(128, 1)).unwrap();
+    assert_eq!(store.poll_media().map(|v| v.generation), Some(3));
+    std::fs::remove_dir_all(media.path().join("stick")).unwrap();
+    let gone = store.poll_media().expect("a pulled stick is a change");
+    assert_eq!((gone.generation, gone.files.len()), (4, 0));
+}
+
 /// Mounts a small tmpfs (needs root; skipped otherwise) so the disk really fills.
 struct Tmpfs(tempfile::TempDir);
 
