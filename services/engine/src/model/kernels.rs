@@ -4,10 +4,10 @@
 //! kernels: per block, the 32 integer products are summed four at a time into eight `i32`
 //! lanes (what `maddubs` + `madd` or `vpdpbusd` leave), each lane is converted to `f32` and
 //! multiply-added with the product of the two block scales into eight `f32` accumulators, and
-//! the accumulators are reduced as ggml's `hsum_float_8` does. The same body is compiled twice:
-//! plainly (the portable fallback, `a * b + c`) and inside a `#[target_feature(enable =
-//! "avx2,fma")]` function (LLVM vectorises it to AVX2 and the multiply-add is a real fused
-//! `vfmadd`, as in ggml). [`Isa::detect`] picks one at run time.
+//! the accumulators are reduced as ggml's `hsum_float_8` does. The portable body is the
+//! fallback (`a * b + c`); on x86-64 with AVX2+FMA (detected at run time, [`Isa::detect`])
+//! the same arithmetic runs as explicit intrinsics ([`x86`]: `maddubs`, `madd`, `fmadd`, as in
+//! ggml), which a test checks bit for bit against the portable body with fused multiply-adds.
 //!
 //! This is the only module that allows `unsafe`: calling a `#[target_feature]` function is
 //! unsafe on Rust 1.85, and each such call is guarded by the runtime detection stored in
@@ -86,12 +86,124 @@ pub fn dot_rows(isa: Isa, w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
-    dot_rows_body::<true>(w, acts, out);
+    // SAFETY: this function only runs where AVX2 and FMA are available (see `dot_rows`).
+    unsafe { x86::dot_rows(w, acts, out) }
+}
+
+/// The AVX2 version with explicit intrinsics, as ggml's `ggml_vec_dot_q4_0_q8_0` & co. do it:
+/// `maddubs` + `madd` leave the eight lanes of four products, `cvtepi32_ps` and `fmadd` with
+/// the product of the block scales accumulate them. (LLVM's auto-vectorisation of the
+/// portable body widened every product to 32 bits and ran at a quarter of this speed.)
+#[cfg(target_arch = "x86_64")]
+// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic; newer compilers call the
+// value-only ones safe inside `#[target_feature]` functions.
+#[allow(unused_unsafe)]
+pub(crate) mod x86 {
+    use std::arch::x86_64::{
+        __m256i, _mm_loadu_si128, _mm_srli_epi16, _mm256_and_si256, _mm256_cmpeq_epi8,
+        _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_si256, _mm256_madd_epi16,
+        _mm256_maddubs_epi16, _mm256_or_si256, _mm256_set_epi64x, _mm256_set_m128i,
+        _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set1_ps,
+        _mm256_setzero_ps, _mm256_shuffle_epi8, _mm256_sign_epi8, _mm256_storeu_ps,
+        _mm256_sub_epi8,
+    };
+
+    use super::{ActRow, QK, ROW_GROUP, WeightRow, hsum8};
+
+    /// ggml's `bytes_from_nibbles_32`: low nibbles to bytes 0..16, high nibbles to 16..32.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn nibbles(q: &[u8; 16]) -> __m256i {
+        // SAFETY: `q` is 16 readable bytes; unaligned loads are allowed.
+        unsafe {
+            let lo = _mm_loadu_si128(q.as_ptr().cast());
+            let both = _mm256_set_m128i(_mm_srli_epi16(lo, 4), lo);
+            _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+        }
+    }
+
+    /// ggml's `bytes_from_bits_32`: byte `e` is `0xff` where bit `e` of `bits` is set.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn bits_32(bits: u32) -> __m256i {
+        unsafe {
+            let shuf = _mm256_set_epi64x(
+                0x0303_0303_0303_0303,
+                0x0202_0202_0202_0202,
+                0x0101_0101_0101_0101,
+                0,
+            );
+            #[allow(clippy::cast_possible_wrap)]
+            let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), shuf);
+            #[allow(clippy::cast_possible_wrap)]
+            let bytes =
+                _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe_u64 as i64));
+            _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+        }
+    }
+
+    /// Block `b`'s 32 values as bytes (signed, except Q4_1's unsigned nibbles).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block(w: &WeightRow<'_>, b: usize) -> __m256i {
+        // SAFETY: each load reads one whole block array of 16 or 32 bytes.
+        unsafe {
+            match w {
+                WeightRow::Q4_0 { qs, .. } => _mm256_sub_epi8(nibbles(&qs[b]), _mm256_set1_epi8(8)),
+                WeightRow::Q4_1 { qs, .. } => nibbles(&qs[b]),
+                WeightRow::Q5_0 { qs, qh, .. } => {
+                    let high = _mm256_and_si256(bits_32(qh[b]), _mm256_set1_epi8(0x10));
+                    _mm256_sub_epi8(_mm256_or_si256(nibbles(&qs[b]), high), _mm256_set1_epi8(16))
+                }
+                WeightRow::Q8_0 { qs, .. } => _mm256_loadu_si256(qs[b].as_ptr().cast()),
+            }
+        }
+    }
+
+    /// See [`super::dot_rows`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+        let (d, mins) = match w {
+            WeightRow::Q4_0 { d, .. } | WeightRow::Q5_0 { d, .. } | WeightRow::Q8_0 { d, .. } => {
+                (d, None)
+            }
+            WeightRow::Q4_1 { d, m, .. } => (d, Some(m)),
+        };
+        let unsigned = mins.is_some();
+        // SAFETY: the loads read whole `[i8; QK]` blocks; the store writes an `[f32; 8]`.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            for (acts, out) in acts.chunks(ROW_GROUP).zip(out.chunks_mut(ROW_GROUP)) {
+                let mut acc = [_mm256_setzero_ps(); ROW_GROUP];
+                let mut summs = [0f32; ROW_GROUP];
+                for (b, &dx) in d.iter().enumerate() {
+                    let x = block(&w, b);
+                    let ax = if unsigned { x } else { _mm256_sign_epi8(x, x) };
+                    for (r, a) in acts.iter().enumerate() {
+                        let qy: &[i8; QK] = &a.qs[b];
+                        let y = _mm256_loadu_si256(qy.as_ptr().cast());
+                        let sy = if unsigned { y } else { _mm256_sign_epi8(y, x) };
+                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                        let dd = _mm256_set1_ps(dx * a.d[b]);
+                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
+                        if let Some(m) = mins {
+                            summs[r] += m[b] * a.s[b];
+                        }
+                    }
+                }
+                for (r, o) in out.iter_mut().enumerate() {
+                    let mut l = [0f32; 8];
+                    _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
+                    *o = hsum8(l) + summs[r];
+                }
+            }
+        }
+    }
 }
 
 /// ggml's `hsum_float_8`: `((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))`.
 #[inline(always)]
-fn hsum8(l: [f32; 8]) -> f32 {
+pub(crate) fn hsum8(l: [f32; 8]) -> f32 {
     let r = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
     (r[0] + r[2]) + (r[1] + r[3])
 }
@@ -334,6 +446,55 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The AVX2 intrinsics give bit for bit what the portable body gives with fused
+    /// multiply-adds: the same lanes, the same conversions, the same accumulation order.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn intrinsics_equal_the_fused_portable_body() {
+        if Isa::detect() == Isa::Portable {
+            return;
+        }
+        let mut rng = Rng(0x1234_5678);
+        for blocks in [1usize, 7, 18] {
+            let w = data(&mut rng, blocks);
+            let acts: Vec<Data> = (0..11).map(|_| data(&mut rng, blocks)).collect();
+            let rows: Vec<ActRow<'_>> = acts
+                .iter()
+                .map(|a| ActRow {
+                    d: &a.d,
+                    s: &a.m,
+                    qs: &a.q8,
+                })
+                .collect();
+            for wr in [
+                WeightRow::Q4_0 {
+                    d: &w.d,
+                    qs: &w.nib,
+                },
+                WeightRow::Q4_1 {
+                    d: &w.d,
+                    m: &w.m,
+                    qs: &w.nib,
+                },
+                WeightRow::Q5_0 {
+                    d: &w.d,
+                    qh: &w.qh,
+                    qs: &w.nib,
+                },
+                WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
+            ] {
+                let mut want = vec![0f32; rows.len()];
+                dot_rows_body::<true>(wr, &rows, &mut want);
+                let mut got = vec![0f32; rows.len()];
+                dot_rows(Isa::detect(), wr, &rows, &mut got);
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
             }
         }
     }
