@@ -907,3 +907,189 @@ fn a_stick_plugged_in_while_hearthd_runs_is_noticed_and_one_pulled_out_is_gone()
     let (_, list) = ui.get("/ui/models").unwrap();
     assert_eq!(names(&list), ["tiny"], "{list}");
 }
+
+/// Runs the real `curl` with `args` and returns (HTTP status, parsed JSON body).
+fn curl(args: &[&str]) -> (u16, Value) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
+    )
+}
+
+/// The README's way in: `curl` with the session cookie and CSRF header imports the three test
+/// models from a directory standing in for a stick, then (after deleting them) by upload, each
+/// file in one `PUT`; the imported models answer.
+#[test]
+fn curl_imports_the_three_test_models_from_a_directory_and_by_upload() {
+    let (Some(smol), Some(qwen), Some(gemma)) = (
+        model(SMOLLM2),
+        model(QWEN2),
+        model("gemma-3-270m-q4_k_m.gguf"),
+    ) else {
+        return;
+    };
+    let stick = tempfile::tempdir().unwrap();
+    let dir = stick.path().join("media/STICK");
+    std::fs::create_dir_all(&dir).unwrap();
+    for m in [&smol, &qwen, &gemma] {
+        let to = dir.join(m.file_name().unwrap());
+        if std::fs::hard_link(m, &to).is_err() {
+            std::fs::copy(m, &to).unwrap();
+        }
+    }
+    let config = stick.path().join("hearth.toml");
+    std::fs::write(
+        &config,
+        format!("media_dir = {:?}\n", stick.path().join("media")),
+    )
+    .unwrap();
+    let mut b = Box_::start(&["--config".as_ref(), config.as_os_str()]).unwrap();
+    let base = b.base.clone();
+    let jar = stick.path().join("cookies");
+    let jar = jar.to_str().unwrap();
+    let login = json!({"name": OWNER, "password": OWNER_PASSWORD}).to_string();
+    let (status, body) = curl(&[
+        "-c",
+        jar,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        &login,
+        &format!("{base}/ui/login"),
+    ]);
+    assert_eq!(status, 200, "{body}");
+    let csrf = format!("X-CSRF-Token: {}", body["csrf"].as_str().unwrap());
+    let send = |method: &str, path: &str, body: &Value| {
+        curl(&[
+            "-b",
+            jar,
+            "-X",
+            method,
+            "-H",
+            &csrf,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+            &format!("{base}{path}"),
+        ])
+    };
+    let get = |path: &str| curl(&["-b", jar, &format!("{base}{path}")]);
+    let gemma_ok = |outcome: &Value| -> bool {
+        // Until the engine runs gemma3, a clear refusal naming it is the right answer.
+        if outcome["code"] == "unsupported_architecture" {
+            let message = outcome["message"].as_str().unwrap_or_default();
+            assert!(message.contains("'gemma3' is not supported"), "{outcome}");
+            false
+        } else {
+            true
+        }
+    };
+
+    // From the directory.
+    let mut taken = Vec::new();
+    for m in [&smol, &qwen, &gemma] {
+        let file = m.file_name().unwrap().to_str().unwrap();
+        let (status, body) = send(
+            "POST",
+            "/ui/models/media/import",
+            &json!({"path": format!("STICK/{file}")}),
+        );
+        assert_eq!(status, 202, "{body}");
+        let id = body["import"]["id"].as_str().unwrap().to_owned();
+        let start = Instant::now();
+        let done = loop {
+            let (_, s) = get(&format!("/ui/models/imports/{id}"));
+            let state = s["import"]["state"].as_str().unwrap_or_default().to_owned();
+            if state != "copying" && state != "verifying" {
+                break s["import"].clone();
+            }
+            assert!(start.elapsed() < Duration::from_secs(180), "{s}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if done["state"] == "failed" && m == &gemma && !gemma_ok(&done["error"]) {
+            continue;
+        }
+        assert_eq!(done["state"], "done", "{file}: {done}");
+        assert_eq!(done["model"]["source"], "usb");
+        taken.push(done["model"]["name"].as_str().unwrap().to_owned());
+    }
+    let (_, list) = get("/ui/models");
+    assert_eq!(names(&list).len(), taken.len(), "{list}");
+    for name in &taken {
+        let (status, _) = curl(&[
+            "-b",
+            jar,
+            "-X",
+            "DELETE",
+            "-H",
+            &csrf,
+            &format!("{base}/ui/models/{name}"),
+        ]);
+        assert_eq!(status, 204);
+    }
+
+    // By upload, each file in one PUT.
+    let mut uploaded = Vec::new();
+    for m in [&smol, &qwen, &gemma] {
+        let file = m.file_name().unwrap().to_str().unwrap();
+        let size = std::fs::metadata(m).unwrap().len();
+        let (status, body) = send(
+            "POST",
+            "/ui/models/uploads",
+            &json!({"filename": file, "size": size}),
+        );
+        assert_eq!(status, 201, "{body}");
+        let id = body["upload"]["id"].as_str().unwrap().to_owned();
+        let start = Instant::now();
+        let (status, body) = curl(&[
+            "-b",
+            jar,
+            "-H",
+            &csrf,
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            m.to_str().unwrap(),
+            &format!("{base}/ui/models/uploads/{id}?offset=0"),
+        ]);
+        assert_eq!((status, &body["upload"]["received"]), (200, &json!(size)));
+        let (status, body) = send(
+            "POST",
+            &format!("/ui/models/uploads/{id}/finish"),
+            &json!({}),
+        );
+        eprintln!(
+            "curl upload + verify of {file}: {status} in {:.1} s ({:.0} MB/s)",
+            start.elapsed().as_secs_f64(),
+            size as f64 / 1e6 / start.elapsed().as_secs_f64()
+        );
+        if status == 422 && m == &gemma && !gemma_ok(&body["error"]) {
+            continue;
+        }
+        assert_eq!(status, 201, "{file}: {body}");
+        assert_eq!(body["model"]["source"], "upload");
+        uploaded.push(body["model"]["name"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(uploaded, taken);
+    assert_eq!(get("/ui/models/uploads").1["uploads"], json!([]));
+
+    // They load and answer (through the API token, as the README shows).
+    let ui = Ui::login(&b).unwrap();
+    for name in &uploaded {
+        ui.wait_loaded(&mut b, name).unwrap();
+        assert!(!ask(&b, name).trim().is_empty(), "{name}");
+    }
+}
