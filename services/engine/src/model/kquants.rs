@@ -215,7 +215,230 @@ pub fn dot_rows_k(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    dot_rows_body::<true>(w, acts, out);
+    for (o, a) in out.iter_mut().zip(acts) {
+        // SAFETY: this function only runs where AVX2 and FMA are available.
+        *o = unsafe {
+            match w {
+                KRow::Q4K { blocks, repacked } => x86::dot_q4k(blocks, a, repacked),
+                KRow::Q5K(blocks) => x86::dot_q5k(blocks, a),
+                KRow::Q6K(blocks) => x86::dot_q6k(blocks, a),
+            }
+        };
+    }
+}
+
+/// The AVX2 versions with explicit intrinsics, in ggml's shape (`maddubs` of unsigned weight
+/// bytes with signed activations, `madd` with the 16-bit sub-block scales); a test checks them
+/// bit for bit against the portable bodies with fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
+#[allow(unused_unsafe)]
+mod x86 {
+    use std::arch::x86_64::{
+        __m256i, _mm256_add_epi32, _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_fmadd_ps,
+        _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256,
+        _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_ps, _mm256_setr_epi16, _mm256_setzero_ps,
+        _mm256_setzero_si256, _mm256_slli_epi16, _mm256_slli_epi32, _mm256_srli_epi16,
+        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32,
+    };
+
+    use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, hsum8, min_sum};
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load(p: &[u8]) -> __m256i {
+        assert!(p.len() >= 32);
+        // SAFETY: at least 32 readable bytes (checked above); unaligned loads are allowed.
+        unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_i8(p: &[i8]) -> __m256i {
+        assert!(p.len() >= 32);
+        // SAFETY: as `load`.
+        unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn lanes(v: __m256i) -> [i32; 8] {
+        let mut l = [0i32; 8];
+        // SAFETY: `l` is 32 writable bytes.
+        unsafe { _mm256_storeu_si256(l.as_mut_ptr().cast(), v) };
+        l
+    }
+
+    /// Σ over a super-block of the scaled products, as eight lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q4k_sumi(
+        qs: &[u8; 128],
+        sc: &[u8; 8],
+        fifth: Option<&[u8; 32]>,
+        y: &[i8; 256],
+    ) -> __m256i {
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let mut sumi = _mm256_setzero_si256();
+            let hbits = fifth.map(|h| load(h));
+            for j in 0..4 {
+                let bits = load(&qs[32 * j..]);
+                let mut lo = _mm256_and_si256(bits, m4);
+                let mut hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                if let Some(h) = hbits {
+                    // Bit 2j of each byte is the low half's fifth bit, 2j+1 the high half's.
+                    let one = _mm256_set1_epi8(1);
+                    let shift = |k: u32| -> __m256i {
+                        let b = match k {
+                            0 => h,
+                            1 => _mm256_srli_epi16(h, 1),
+                            2 => _mm256_srli_epi16(h, 2),
+                            3 => _mm256_srli_epi16(h, 3),
+                            4 => _mm256_srli_epi16(h, 4),
+                            5 => _mm256_srli_epi16(h, 5),
+                            6 => _mm256_srli_epi16(h, 6),
+                            _ => _mm256_srli_epi16(h, 7),
+                        };
+                        _mm256_slli_epi16(_mm256_and_si256(b, one), 4)
+                    };
+                    #[allow(clippy::cast_possible_truncation)]
+                    let jj = j as u32;
+                    lo = _mm256_or_si256(lo, shift(2 * jj));
+                    hi = _mm256_or_si256(hi, shift(2 * jj + 1));
+                }
+                let p_lo = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(lo, load_i8(&y[64 * j..])),
+                    _mm256_set1_epi16(i16::from(sc[2 * j])),
+                );
+                let p_hi = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(hi, load_i8(&y[64 * j + 32..])),
+                    _mm256_set1_epi16(i16::from(sc[2 * j + 1])),
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+            }
+            sumi
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q4k(w: &[BlockQ4K], a: &[BlockQ8K], repacked: bool) -> f32 {
+        unsafe {
+            if repacked {
+                let mut acc = 0f32;
+                let mut acc_min = 0f32;
+                for (x, y) in w.iter().zip(a) {
+                    let sumi: i32 = lanes(q4k_sumi(&x.qs, &x.sc, None, &y.qs)).iter().sum();
+                    let mins: i32 = min_sum(&x.mn, &y.bsums).iter().sum();
+                    acc = (sumi as f32).mul_add(x.d * y.d, acc);
+                    acc_min = (mins as f32).mul_add(x.dmin * y.d, acc_min);
+                }
+                acc - acc_min
+            } else {
+                let mut acc = _mm256_setzero_ps();
+                let mut acc_m = [0f32; 4];
+                for (x, y) in w.iter().zip(a) {
+                    let d = y.d * x.d;
+                    let dmin = -y.d * x.dmin;
+                    for (m, p) in acc_m.iter_mut().zip(min_sum(&x.mn, &y.bsums)) {
+                        *m = dmin.mul_add(p as f32, *m);
+                    }
+                    let sumi = q4k_sumi(&x.qs, &x.sc, None, &y.qs);
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+                }
+                let mut l = [0f32; 8];
+                _mm256_storeu_ps(l.as_mut_ptr(), acc);
+                let m = [acc_m[0] + acc_m[2], acc_m[1] + acc_m[3]];
+                hsum8(l) + (m[0] + m[1])
+            }
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q5k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0f32;
+            for (x, y) in w.iter().zip(a) {
+                let d = y.d * x.d;
+                let dmin = -y.d * x.dmin;
+                let mins: i32 = min_sum(&x.mn, &y.bsums).iter().sum();
+                summs = dmin.mul_add(mins as f32, summs);
+                let sumi = q4k_sumi(&x.qs, &x.sc, Some(&x.qh), &y.qs);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            let mut l = [0f32; 8];
+            _mm256_storeu_ps(l.as_mut_ptr(), acc);
+            hsum8(l) + summs
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+        unsafe {
+            let m3 = _mm256_set1_epi8(3);
+            let m15 = _mm256_set1_epi8(15);
+            let mut acc = _mm256_setzero_ps();
+            for (x, y) in w.iter().zip(a) {
+                let d = y.d * x.d;
+                let mut sumi = _mm256_setzero_si256();
+                for j in 0..2 {
+                    let b1 = load(&x.ql[64 * j..]);
+                    let b2 = load(&x.ql[64 * j + 32..]);
+                    let h = load(&x.qh[32 * j..]);
+                    let h0 = _mm256_slli_epi16(_mm256_and_si256(h, m3), 4);
+                    let h1 = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(12)), 2);
+                    let h2 = _mm256_and_si256(h, _mm256_set1_epi8(48));
+                    #[allow(clippy::cast_possible_wrap)]
+                    let h3 =
+                        _mm256_srli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(0xc0_u8 as i8)), 2);
+                    let q = [
+                        _mm256_or_si256(_mm256_and_si256(b1, m15), h0),
+                        _mm256_or_si256(_mm256_and_si256(b2, m15), h1),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m15), h2),
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m15), h3),
+                    ];
+                    for (t, q) in q.into_iter().enumerate() {
+                        let is = 4 * j + t;
+                        let (s0, s1) = (i16::from(x.sc[2 * is]), i16::from(x.sc[2 * is + 1]));
+                        let scale = _mm256_setr_epi16(
+                            s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
+                        );
+                        let p = _mm256_maddubs_epi16(q, load_i8(&y.qs[128 * j + 32 * t..]));
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
+                    }
+                }
+                let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+                let sc = _mm256_setr_epi16(
+                    i16::from(x.sc[0]),
+                    i16::from(x.sc[1]),
+                    i16::from(x.sc[2]),
+                    i16::from(x.sc[3]),
+                    i16::from(x.sc[4]),
+                    i16::from(x.sc[5]),
+                    i16::from(x.sc[6]),
+                    i16::from(x.sc[7]),
+                    i16::from(x.sc[8]),
+                    i16::from(x.sc[9]),
+                    i16::from(x.sc[10]),
+                    i16::from(x.sc[11]),
+                    i16::from(x.sc[12]),
+                    i16::from(x.sc[13]),
+                    i16::from(x.sc[14]),
+                    i16::from(x.sc[15]),
+                );
+                let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc));
+                sumi = _mm256_sub_epi32(sumi, sub);
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            }
+            let mut l = [0f32; 8];
+            _mm256_storeu_ps(l.as_mut_ptr(), acc);
+            hsum8(l)
+        }
+    }
 }
 
 #[inline(always)]
@@ -615,6 +838,51 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The AVX2 intrinsics give bit for bit what the portable bodies give with fused
+    /// multiply-adds.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn intrinsics_equal_the_fused_portable_body() {
+        if Isa::detect() == Isa::Portable {
+            return;
+        }
+        let mut rng = Rng(0xdead_beef);
+        for blocks in [1usize, 3, 4] {
+            let q4: Vec<BlockQ4K> = (0..blocks)
+                .map(|_| BlockQ4K::parse(&raw_q4k(&mut rng)))
+                .collect();
+            let q5: Vec<BlockQ5K> = (0..blocks)
+                .map(|_| BlockQ5K::parse(&raw_q5k(&mut rng)))
+                .collect();
+            let q6: Vec<BlockQ6K> = (0..blocks)
+                .map(|_| BlockQ6K::parse(&raw_q6k(&mut rng)))
+                .collect();
+            let a: Vec<Vec<BlockQ8K>> = (0..5).map(|_| acts(&mut rng, blocks)).collect();
+            let rows: Vec<&[BlockQ8K]> = a.iter().map(Vec::as_slice).collect();
+            for w in [
+                KRow::Q4K {
+                    blocks: &q4,
+                    repacked: true,
+                },
+                KRow::Q4K {
+                    blocks: &q4,
+                    repacked: false,
+                },
+                KRow::Q5K(&q5),
+                KRow::Q6K(&q6),
+            ] {
+                let mut want = vec![0f32; rows.len()];
+                dot_rows_body::<true>(w, &rows, &mut want);
+                let mut got = vec![0f32; rows.len()];
+                dot_rows_k(Isa::detect(), w, &rows, &mut got);
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
             }
         }
     }
