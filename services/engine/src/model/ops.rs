@@ -577,6 +577,52 @@ mod tests {
     }
 
     #[test]
+    fn f16_bits_round_trip() {
+        for h in 0..=u16::MAX {
+            let x = f16_to_f32(h);
+            if x.is_nan() {
+                assert!(f16_bits(x) & 0x7c00 == 0x7c00 && f16_bits(x) & 0x3ff != 0);
+                continue;
+            }
+            assert_eq!(f16_bits(x), h, "{h:#06x} = {x}");
+            assert_eq!(
+                round_to_f16(x).to_bits(),
+                x.to_bits(),
+                "{h:#06x} is an f16 value"
+            );
+        }
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert_eq!(f16_bits(1.0 + 1.0 / 4096.0), 0x3c00);
+    }
+
+    #[test]
+    fn geglu_follows_gelu_through_f16() {
+        let xs = [
+            -12.0f32, -10.0, -3.0, -0.5, 0.0, 1e-6, 0.3, 1.0, 2.5, 9.99, 10.0, 30.0,
+        ];
+        let mut g = xs.to_vec();
+        geglu(&mut g, &[2.0; 12]);
+        for (&x, &y) in xs.iter().zip(&g) {
+            let want = if x <= -10.0 {
+                0.0
+            } else if x >= 10.0 {
+                2.0 * x
+            } else {
+                2.0 * round_to_f16(gelu_tanh(round_to_f16(x)))
+            };
+            assert_eq!(y, want, "geglu({x})");
+            // And close to the exact tanh approximation.
+            assert!(
+                (y - 2.0 * gelu_tanh(x)).abs() <= 2e-2 * x.abs().max(1e-3),
+                "{x}"
+            );
+        }
+        assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+    }
+
+    #[test]
     fn rope_styles_rotate_the_right_pairs() {
         let mut t = RopeTable::new(4, 10_000.0, 1.0);
         t.ensure(2);
