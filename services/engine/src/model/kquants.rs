@@ -178,7 +178,7 @@ impl BlockQ8K {
         for (q, &v) in out.qs.iter_mut().zip(x) {
             // |iscale·v| ≤ 127 by construction (NaN maps to 0).
             #[allow(clippy::cast_possible_truncation)]
-            let r = (iscale * v).round_ties_even().min(127.0) as i8;
+            let r = super::round_small(iscale * v).min(127.0) as i8;
             *q = r;
         }
         for (s, chunk) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
@@ -763,6 +763,24 @@ mod tests {
             v.push(Isa::detect());
         }
         v
+    }
+
+    #[test]
+    fn small_rounding_is_ties_to_even() {
+        for (v, want) in [
+            (0.5f32, 0.0f32),
+            (1.5, 2.0),
+            (2.5, 2.0),
+            (-0.5, -0.0),
+            (-1.5, -2.0),
+            (126.5, 126.0),
+            (-126.7, -127.0),
+            (0.49999997, 0.0),
+        ] {
+            assert_eq!(super::super::round_small(v), want, "{v}");
+            assert_eq!(v.round_ties_even(), want, "{v}");
+        }
+        assert!(super::super::round_small(f32::NAN).is_nan());
     }
 
     #[test]

@@ -33,6 +33,15 @@ fn isa() -> Isa {
     *ISA.get_or_init(Isa::detect)
 }
 
+/// Rounds to nearest, ties to even, for `|v| ≤ 2^22` (and NaN to NaN) the way ggml's
+/// `nearest_int` does: adding and subtracting 1.5·2^23 leaves the integer part. Inline, where
+/// `f32::round_ties_even` is a call to libm's `rintf` on baseline x86-64.
+#[inline(always)]
+pub(super) fn round_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
 /// f16 bits to f32.
 pub(super) fn f16_to_f32(h: u16) -> f32 {
     let sign = u32::from(h & 0x8000) << 16;
@@ -89,7 +98,7 @@ impl QActs {
             for (q, &v) in q.iter_mut().zip(block) {
                 // |v·inv| ≤ 127 by construction.
                 #[allow(clippy::cast_possible_truncation)]
-                let r = (v * inv).round_ties_even() as i8;
+                let r = round_small(v * inv) as i8;
                 *q = r;
                 sum += i32::from(r);
             }
@@ -256,6 +265,14 @@ const ENGINE_KERNEL_TYPES: &[GgmlDType] = &[
     GgmlDType::Q8_0,
 ];
 
+/// Whether Q4_K matrices take the arithmetic of llama.cpp's repacked `block_q4_Kx8` gemv (what
+/// its AVX2 and AVX-512 builds run for row counts that are multiples of 8) instead of the
+/// plain AVX2 `vec_dot`. The fixtures' build repacked, yet the plain arithmetic follows them
+/// better: Qwen2.5's golden cases with repacking diverged earlier (raw-unicode at step 10
+/// instead of 13, raw-english at 29 instead of 43, raw-leading-trailing-space at 13 instead of
+/// never), so it stays off; the repacked kernel is kept, tested, for when that changes.
+const REPACK_Q4K: bool = false;
+
 /// Weights of one K-quant format, one entry per super-block, row after row.
 enum KBlocks {
     Q4K {
@@ -340,7 +357,7 @@ impl QMatrix {
     /// get the engine's kernels, anything else candle's `QMatMul`.
     pub fn new(t: QTensor) -> Result<Self> {
         let (n, k) = t.shape().dims2()?;
-        if let Some(kernel) = Self::engine_kernel(&t, n, k, true)? {
+        if let Some(kernel) = Self::engine_kernel(&t, n, k, REPACK_Q4K)? {
             return Ok(Self { n, k, kernel });
         }
         Ok(Self {
