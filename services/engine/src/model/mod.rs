@@ -12,10 +12,13 @@
 //! the RoPE angle advanced by repeated multiplication, K/V rounded to f16 in the cache, and
 //! attention as llama.cpp's flash attention computes it (tiled f32 kernel for batches of 64+
 //! rows; otherwise f16 query, online softmax and an f16 accumulator, with decoding split in two
-//! halves from 512 cached positions on).
+//! halves from 512 cached positions on). Where ggml's rounding depends on the SIMD width, the
+//! engine follows the AVX-512 build that made the golden fixtures ([`ggml_math`]: the vector
+//! `expf` of SiLU and the softmax, the 16-lane f16 dot product, and the fused multiply-adds
+//! GCC makes of ggml's scalar `a * b + c`), so its greedy output is the fixtures' on any CPU.
 //!
-//! The block kernels ([`kernels`]) are portable Rust compiled twice, plainly and for AVX2+FMA,
-//! and picked at run time; that module is the only one that allows `unsafe`.
+//! The block kernels ([`kernels`]) and [`ggml_math`] are portable Rust compiled twice, plainly
+//! and for AVX2+FMA, and picked at run time; they are the only modules that allow `unsafe`.
 //!
 //! Current limits: CPU only, one sequence, no RoPE scaling other than linear; the K-quants
 //! (Q4_K, Q6_K) still go through candle's `QMatMul` and its thread pool; weights are copied
@@ -25,6 +28,7 @@ use candle_core::quantized::gguf_file::Value;
 use crate::gguf::GgufModelFile;
 use crate::{EngineConfig, EngineError, Result};
 
+mod ggml_math;
 mod kernels;
 mod ops;
 mod quant;

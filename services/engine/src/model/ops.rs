@@ -1,6 +1,7 @@
 //! The non-matmul arithmetic of a decoder layer, over plain `f32` slices, following ggml's
 //! CPU kernels closely enough to reproduce llama.cpp's greedy choices.
 use super::RopeStyle;
+use super::ggml_math;
 
 /// RMS-normalises each `weight.len()`-wide row of `x` into `out`, then scales by `weight`.
 /// As ggml: the sum of squares in `f64`, `1/sqrt(mean + eps)` in `f32`.
@@ -32,11 +33,9 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// `silu(gate) * up`, elementwise, into `gate`.
+/// `silu(gate) * up`, elementwise, into `gate`, with ggml's vector `expf`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    ggml_math::swiglu(gate, up);
 }
 
 /// `gelu(gate) * up`, elementwise, into `gate`, as ggml's CPU `geglu` computes it: the gate
@@ -229,8 +228,8 @@ impl RopeTable {
                     RopeStyle::Interleaved => {
                         for (pair, c) in head[..n_rot].chunks_exact_mut(2).zip(cs.chunks_exact(2)) {
                             let (x0, x1) = (pair[0], pair[1]);
-                            pair[0] = x0 * c[0] - x1 * c[1];
-                            pair[1] = x0 * c[1] + x1 * c[0];
+                            pair[0] = x0.mul_add(c[0], -(x1 * c[1]));
+                            pair[1] = x0.mul_add(c[1], x1 * c[0]);
                         }
                     }
                     RopeStyle::Neox => {
@@ -238,8 +237,8 @@ impl RopeTable {
                         for ((a, b), c) in lo.iter_mut().zip(hi.iter_mut()).zip(cs.chunks_exact(2))
                         {
                             let (x0, x1) = (*a, *b);
-                            *a = x0 * c[0] - x1 * c[1];
-                            *b = x0 * c[1] + x1 * c[0];
+                            *a = x0.mul_add(c[0], -(x1 * c[1]));
+                            *b = x0.mul_add(c[1], x1 * c[0]);
                         }
                     }
                 }
@@ -363,7 +362,7 @@ fn attention_heads(
     let tiled = outs.len() >= TILED_MIN_ROWS;
     let single = outs.len() == 1;
     let mut q_head = vec![0f32; head_dim];
-    let mut scratch = Vec::new();
+    let mut scratch = TileScratch::default();
     let mut partial = vec![0f32; head_dim];
     for (i, out_row) in outs.iter_mut().enumerate() {
         let ctx = start + i + 1;
@@ -440,7 +439,7 @@ fn attend_vec(
     o.fill(0.0);
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
     for j in range {
-        let s = dot(q, kv.k(j)) * scale;
+        let s = ggml_math::dot_f16(q, kv.k(j)) * scale;
         let (mut ms, mut vs) = (1f32, 1f32);
         if s > max {
             ms = (max - s).exp();
@@ -451,13 +450,8 @@ fn attend_vec(
         } else {
             vs = (s - max).exp();
         }
-        for (acc, &v) in o.iter_mut().zip(kv.v(j)) {
-            // One fused multiply-add in f32, then the f16 store.
-            #[allow(clippy::cast_possible_truncation)]
-            let fma = (f64::from(v) * f64::from(vs) + f64::from(*acc)) as f32;
-            *acc = round_to_f16(fma);
-        }
-        sum = sum * ms + vs;
+        ggml_math::mad_f16(o, kv.v(j), vs);
+        sum = sum.mul_add(ms, vs);
     }
     (max, sum)
 }
@@ -474,9 +468,9 @@ fn merge_partials(a: &mut [f32], (ma, sa): (f32, f32), b: &[f32], (mb, sb): (f32
         let m_new = m.max(mc);
         let (scale_old, scale_new) = ((m - m_new).exp(), (mc - m_new).exp());
         for (x, &p) in acc.iter_mut().zip(part) {
-            *x = *x * scale_old + p * scale_new;
+            *x = x.mul_add(scale_old, p * scale_new);
         }
-        s = s * scale_old + sc * scale_new;
+        s = s.mul_add(scale_old, sc * scale_new);
         m = m_new;
     }
     let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
@@ -494,17 +488,40 @@ fn attend_tiled(
     kv: KvHead<'_>,
     range: std::ops::Range<usize>,
     scale: f32,
-    scores: &mut Vec<f32>,
+    scratch: &mut TileScratch,
     o: &mut [f32],
 ) {
+    let head_dim = kv.head_dim;
+    let TileScratch {
+        keys_t,
+        values,
+        scores,
+    } = scratch;
     o.fill(0.0);
     let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
     let (lo, ctx) = (range.start, range.end);
     for tile in (lo - lo % KV_TILE..ctx).step_by(KV_TILE) {
         let end = (tile + KV_TILE).min(ctx);
-        let tile = tile.max(lo);
+        let first = tile.max(lo);
+        // The tile's keys transposed and its values, zero-padded to a whole tile, each
+        // position in its own lane; masked positions (before `first`, from `end` on) get -inf,
+        // as ggml masks them and the padding.
+        keys_t.clear();
+        keys_t.resize(head_dim * KV_TILE, 0.0);
+        values.clear();
+        values.resize(KV_TILE * head_dim, 0.0);
+        for j in first..end {
+            let t = j - tile;
+            for (d, &k) in kv.k(j).iter().enumerate() {
+                keys_t[d * KV_TILE + t] = k;
+            }
+            values[t * head_dim..(t + 1) * head_dim].copy_from_slice(kv.v(j));
+        }
         scores.clear();
-        scores.extend((tile..end).map(|j| dot(q, kv.k(j)) * scale));
+        scores.resize(KV_TILE, 0.0);
+        ggml_math::tile_scores(q, keys_t, scale, scores);
+        scores[..first - tile].fill(f32::NEG_INFINITY);
+        scores[end - tile..].fill(f32::NEG_INFINITY);
         let tile_max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
         let new_max = max.max(tile_max);
         if new_max > max {
@@ -513,42 +530,24 @@ fn attend_tiled(
             sum *= ms;
         }
         max = new_max;
-        let mut tile_sum = 0f64;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            tile_sum += f64::from(*s);
-        }
+        let tile_sum = ggml_math::soft_max(scores, max);
+        // ggml adds the f64 tile sum to its f32 running sum in f64.
         #[allow(clippy::cast_possible_truncation)]
         {
-            sum += tile_sum as f32;
+            sum = (f64::from(sum) + tile_sum) as f32;
         }
-        for (j, &p) in (tile..end).zip(scores.iter()) {
-            for (acc, &v) in o.iter_mut().zip(kv.v(j)) {
-                *acc += p * v;
-            }
-        }
+        ggml_math::accumulate_values(scores, values, o);
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     o.iter_mut().for_each(|v| *v *= inv);
 }
 
-/// Dot product with eight independent accumulators (vectorises in release builds).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+/// Buffers the tiled kernel reuses across heads and rows.
+#[derive(Default)]
+struct TileScratch {
+    keys_t: Vec<f32>,
+    values: Vec<f32>,
+    scores: Vec<f32>,
 }
 
 #[cfg(test)]

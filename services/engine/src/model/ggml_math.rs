@@ -1,0 +1,351 @@
+//! The rounding of ggml's CPU kernels as the golden fixtures' llama.cpp build ran them
+//! (x86_64 with AVX-512, GCC with `-ffp-contract=fast`), written lane by lane in plain Rust so
+//! any CPU reproduces it: the vector `expf` behind SiLU and the attention softmax, the f16 dot
+//! product's 16-lane tree, and the fused multiply-adds a C compiler makes of `a * b + c`.
+//!
+//! Each function names the ggml code it follows. `f32::mul_add` is one correctly rounded fused
+//! multiply-add on every target, as `vfmadd` is. The public functions run their body compiled
+//! for AVX2+FMA when the CPU has both (so `mul_add` is one instruction and the lane loops
+//! vectorise; the arithmetic is the same), otherwise the plain build, where `mul_add` is libm's
+//! `fmaf`. Calling a `#[target_feature]` function is `unsafe` on Rust 1.85; each call is
+//! guarded by the run-time check in [`fma`], which is why this module allows `unsafe`.
+#![allow(unsafe_code)]
+
+/// Whether this CPU runs the AVX2+FMA build of the bodies below.
+fn fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Defines `pub fn $name` that runs `$body` (an `#[inline(always)]` function) compiled for
+/// AVX2+FMA when [`fma`] says so.
+macro_rules! dispatch {
+    ($(#[$doc:meta])* fn $name:ident / $fast:ident = $body:ident ($($arg:ident : $ty:ty),*) -> $ret:ty) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            if fma() {
+                // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
+                return unsafe { $fast($($arg),*) };
+            }
+            $body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $fast($($arg: $ty),*) -> $ret {
+            $body($($arg),*)
+        }
+    };
+}
+
+/// `v * 2^n` for an integral `n`, rounded once (AVX-512's `vscalefps`).
+#[inline(always)]
+fn scalef(v: f32, n: f32) -> f32 {
+    #[allow(clippy::cast_possible_truncation)]
+    let e = n as i32;
+    // Exact in f64 for |e| ≤ 192; one rounding to f32, as the instruction does.
+    #[allow(clippy::cast_possible_truncation)]
+    let r = (f64::from(v) * 2f64.powi(e)) as f32;
+    r
+}
+
+/// `a` as a float from the 25-bit hex mantissa `m` (`0x1.xxxxxx`) and exponent `e`.
+const fn hexf(m: u32, e: i32) -> f32 {
+    // m / 2^24 * 2^e, both steps exact.
+    let mut v = m as f32 / 16_777_216.0;
+    let mut i = 0;
+    if e >= 0 {
+        while i < e {
+            v *= 2.0;
+            i += 1;
+        }
+    } else {
+        while i < -e {
+            v /= 2.0;
+            i += 1;
+        }
+    }
+    v
+}
+
+const ROUNDER: f32 = hexf(0x180_0000, 23); // 0x1.8p23
+const LOG2E: f32 = hexf(0x171_5476, 0);
+const LN2_HI: f32 = hexf(0x162_e400, -1);
+const LN2_LO: f32 = hexf(0x17f_7d1c, -20);
+const C5: f32 = hexf(0x10e_4020, -7);
+const C4: f32 = hexf(0x157_3e2e, -5);
+const C3: f32 = hexf(0x155_5e66, -3);
+const C2: f32 = hexf(0x1ff_fdb6, -2);
+const C1: f32 = hexf(0x1ff_ffec, -1);
+
+/// One lane of ggml's AVX-512 `ggml_v_expf` (vec.h).
+#[inline(always)]
+pub fn expf(x: f32) -> f32 {
+    let z = x.mul_add(LOG2E, ROUNDER);
+    let n = z - ROUNDER;
+    let b = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, x));
+    let u = b * b;
+    let j = C5
+        .mul_add(b, C4)
+        .mul_add(u, C3.mul_add(b, C2))
+        .mul_add(u, C1.mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        if n <= 0.0 { 0.0 } else { f32::INFINITY }
+    } else if n.is_nan() {
+        f32::NAN
+    } else {
+        scalef(j, n)
+    }
+}
+
+/// One lane of ggml's `ggml_v_silu`: `x / (1 + expf(-x))`.
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + expf(0.0 - x))
+}
+
+/// `_mm512_reduce_add_ps` as GCC expands it: halves, then quarters, then pairs.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn reduce16(a: &[f32; 16]) -> f32 {
+    let mut t8 = [0f32; 8];
+    for i in 0..8 {
+        t8[i] = a[8 + i] + a[i];
+    }
+    let mut t4 = [0f32; 4];
+    for i in 0..4 {
+        t4[i] = t8[4 + i] + t8[i];
+    }
+    let p0 = t4[0] + t4[2];
+    let p1 = t4[1] + t4[3];
+    p0 + p1
+}
+
+dispatch!(
+    /// ggml's `ggml_vec_dot_f16` on AVX-512 (see [`dot_f16_body`]).
+    fn dot_f16 / dot_f16_fast = dot_f16_body(x: &[f32], y: &[f32]) -> f32
+);
+
+/// ggml's `ggml_vec_dot_f16` on AVX-512 (no FP16 arithmetic): four 16-lane f32 accumulators
+/// of fused multiply-adds per 64 elements, folded 0+2, 1+3, 0+1, reduced in a tree, then the
+/// leftovers added one by one in f64. `x` and `y` hold f16 values widened to f32.
+// Lane indices mirror the SIMD registers.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+fn dot_f16_body(x: &[f32], y: &[f32]) -> f32 {
+    let n = x.len().min(y.len());
+    let np = n & !63;
+    let mut sum = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, acc) in sum.iter_mut().enumerate() {
+            let base = i + 16 * j;
+            for (l, a) in acc.iter_mut().enumerate() {
+                *a = x[base + l].mul_add(y[base + l], *a);
+            }
+        }
+    }
+    for l in 0..16 {
+        sum[0][l] += sum[2][l];
+        sum[1][l] += sum[3][l];
+    }
+    for l in 0..16 {
+        sum[0][l] += sum[1][l];
+    }
+    let mut total = f64::from(reduce16(&sum[0]));
+    for i in np..n {
+        total += f64::from(x[i] * y[i]);
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let s = total as f32;
+    s
+}
+
+dispatch!(
+    /// `silu(gate) * up` into `gate`, as ggml's `ggml_vec_swiglu_f32` on AVX-512: the vector
+    /// SiLU for whole groups of 16, libm's `expf` for the leftovers.
+    fn swiglu / swiglu_fast = swiglu_body(gate: &mut [f32], up: &[f32]) -> ()
+);
+
+#[inline(always)]
+fn swiglu_body(gate: &mut [f32], up: &[f32]) {
+    let whole = gate.len() & !15;
+    let (head, tail) = gate.split_at_mut(whole);
+    for (g, &u) in head.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+    for (g, &u) in tail.iter_mut().zip(&up[whole..]) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+dispatch!(
+    /// The scores of one tile of ggml's tiled flash attention: `scores[t] = scale · q·k_t`,
+    /// each dot product one chain of fused multiply-adds over the dimensions in order (as
+    /// `simd_gemm` runs it), for `keys_t` (a tile of keys transposed: `head_dim` rows of
+    /// `scores.len()` values).
+    fn tile_scores / tile_scores_fast = tile_scores_body(q: &[f32], keys_t: &[f32], scale: f32, scores: &mut [f32]) -> ()
+);
+
+#[inline(always)]
+fn tile_scores_body(q: &[f32], keys_t: &[f32], scale: f32, scores: &mut [f32]) {
+    let n = scores.len();
+    scores.fill(0.0);
+    for (&qd, row) in q.iter().zip(keys_t.chunks_exact(n)) {
+        for (s, &k) in scores.iter_mut().zip(row) {
+            *s = k.mul_add(qd, *s);
+        }
+    }
+    for s in scores.iter_mut() {
+        *s *= scale;
+    }
+}
+
+dispatch!(
+    /// `out += Σ_t p[t] · v_t` as `simd_gemm` accumulates it: per output element one chain of
+    /// fused multiply-adds over `t` in order. `values` holds `p.len()` rows of `out.len()`.
+    fn accumulate_values / accumulate_values_fast = accumulate_values_body(p: &[f32], values: &[f32], out: &mut [f32]) -> ()
+);
+
+#[inline(always)]
+fn accumulate_values_body(p: &[f32], values: &[f32], out: &mut [f32]) {
+    for (&w, row) in p.iter().zip(values.chunks_exact(out.len())) {
+        for (o, &v) in out.iter_mut().zip(row) {
+            *o = v.mul_add(w, *o);
+        }
+    }
+}
+
+dispatch!(
+    /// ggml's `ggml_vec_mad_f16`: `acc = f16(fma(v, w, acc))` elementwise, the accumulator
+    /// held in f16 (as f32 values that are exactly f16).
+    fn mad_f16 / mad_f16_fast = mad_f16_body(acc: &mut [f32], values: &[f32], w: f32) -> ()
+);
+
+#[inline(always)]
+fn mad_f16_body(acc: &mut [f32], values: &[f32], w: f32) {
+    for (a, &v) in acc.iter_mut().zip(values) {
+        *a = super::ops::round_to_f16(v.mul_add(w, *a));
+    }
+}
+
+dispatch!(
+    /// ggml's `ggml_vec_soft_max_f32` on AVX-512: `x = expf(x - max)` lane by lane, summed per
+    /// 16 lanes in a tree and across groups in f64 (leftovers one by one with libm's `expf`).
+    fn soft_max / soft_max_fast = soft_max_body(x: &mut [f32], max: f32) -> f64
+);
+
+#[inline(always)]
+fn soft_max_body(x: &mut [f32], max: f32) -> f64 {
+    let n = x.len();
+    let np = n & !15;
+    let mut sum = 0f64;
+    for chunk in x[..np].chunks_exact_mut(16) {
+        let mut lanes = [0f32; 16];
+        for (v, lane) in chunk.iter_mut().zip(lanes.iter_mut()) {
+            *v = expf(*v - max);
+            *lane = *v;
+        }
+        sum += f64::from(reduce16(&lanes));
+    }
+    for v in &mut x[np..] {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constants_are_the_hex_literals() {
+        assert_eq!(ROUNDER, 12_582_912.0);
+        assert_eq!(LOG2E.to_bits(), 0x3fb8_aa3b);
+        assert_eq!(LN2_HI, 0.693_145_75);
+        assert_eq!(C1.to_bits(), 0x3f7f_fff6);
+    }
+
+    #[test]
+    fn expf_is_close_to_libm() {
+        for i in -2000..2000 {
+            #[allow(clippy::cast_precision_loss)]
+            let x = i as f32 * 0.043;
+            let (got, want) = (expf(x), x.exp());
+            assert!(
+                (got - want).abs() <= want * 4e-7,
+                "expf({x}) = {got}, libm {want}"
+            );
+        }
+        assert_eq!(expf(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf(200.0), f32::INFINITY);
+        assert_eq!(expf(-200.0), 0.0);
+    }
+
+    #[test]
+    fn f16_dot_is_close_to_f64() {
+        let x: Vec<f32> = (0..131)
+            .map(|i| ((i * 37) % 17) as f32 * 0.25 - 2.0)
+            .collect();
+        let y: Vec<f32> = (0..131)
+            .map(|i| ((i * 11) % 13) as f32 * 0.5 - 3.0)
+            .collect();
+        let want: f64 = x
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| f64::from(*a) * f64::from(*b))
+            .sum();
+        assert!((f64::from(dot_f16(&x, &y)) - want).abs() < 1e-3);
+    }
+
+    /// The AVX2+FMA build of each body (what the public functions run on this CPU, when it
+    /// has them) gives the same bits as the plain build.
+    #[test]
+    fn both_builds_agree_bit_for_bit() {
+        let mut seed = 0x9e37_79b9_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            #[allow(clippy::cast_precision_loss)]
+            let v = (seed % 20_000) as f32 / 1000.0 - 10.0;
+            super::super::ops::round_to_f16(v)
+        };
+        for n in [1, 15, 16, 63, 64, 65, 130, 256] {
+            let x: Vec<f32> = (0..n).map(|_| next()).collect();
+            let y: Vec<f32> = (0..n).map(|_| next()).collect();
+            assert_eq!(dot_f16(&x, &y).to_bits(), dot_f16_body(&x, &y).to_bits());
+            let (mut a, mut b) = (x.clone(), x.clone());
+            swiglu(&mut a, &y);
+            swiglu_body(&mut b, &y);
+            assert_eq!(a, b);
+            let (mut a, mut b) = (y.clone(), y.clone());
+            assert_eq!(
+                soft_max(&mut a, 3.0).to_bits(),
+                soft_max_body(&mut b, 3.0).to_bits()
+            );
+            assert_eq!(a, b);
+            let (mut a, mut b) = (y.clone(), y.clone());
+            mad_f16(&mut a, &x, 0.37);
+            mad_f16_body(&mut b, &x, 0.37);
+            assert_eq!(a, b);
+            let (mut a, mut b) = (vec![0f32; 4], vec![0f32; 4]);
+            let keys_t: Vec<f32> = (0..n * 4).map(|_| next()).collect();
+            tile_scores(&x, &keys_t, 0.125, &mut a);
+            tile_scores_body(&x, &keys_t, 0.125, &mut b);
+            assert_eq!(a, b);
+            let (mut a, mut b) = (vec![1f32; 3], vec![1f32; 3]);
+            let values: Vec<f32> = (0..n * 3).map(|_| next()).collect();
+            accumulate_values(&x, &values, &mut a);
+            accumulate_values_body(&x, &values, &mut b);
+            assert_eq!(a, b);
+        }
+    }
+}
