@@ -108,7 +108,7 @@ pub(crate) mod x86 {
         _mm256_sub_epi8,
     };
 
-    use super::{ActRow, QK, ROW_GROUP, WeightRow, hsum8};
+    use super::{ActRow, QK, WeightRow, hsum8};
 
     /// ggml's `bytes_from_nibbles_32`: low nibbles to bytes 0..16, high nibbles to 16..32.
     #[inline]
@@ -160,42 +160,68 @@ pub(crate) mod x86 {
         }
     }
 
-    /// See [`super::dot_rows`].
+    /// See [`super::dot_rows`]. Activation rows go in groups of four (their accumulators
+    /// stay in registers and each unpacked weight block serves all four), the rest one by one.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_rows(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
-        let (d, mins) = match w {
+        let mut groups = acts.chunks_exact(4);
+        let mut outs = out.chunks_exact_mut(4);
+        for (a, o) in (&mut groups).zip(&mut outs) {
+            // SAFETY: AVX2 and FMA are available (this function's own requirement).
+            unsafe { dot_group::<4>(&w, a, o) };
+        }
+        for (a, o) in groups
+            .remainder()
+            .chunks(1)
+            .zip(outs.into_remainder().chunks_mut(1))
+        {
+            // SAFETY: as above.
+            unsafe { dot_group::<1>(&w, a, o) };
+        }
+    }
+
+    /// `R` activation rows (`acts.len() == out.len() == R`) against one weight row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_group<const R: usize>(w: &WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+        let (d, mins) = match *w {
             WeightRow::Q4_0 { d, .. } | WeightRow::Q5_0 { d, .. } | WeightRow::Q8_0 { d, .. } => {
                 (d, None)
             }
             WeightRow::Q4_1 { d, m, .. } => (d, Some(m)),
         };
         let unsigned = mins.is_some();
+        let nb = d.len();
+        let acts: &[ActRow<'_>; R] = acts.try_into().expect("R activation rows");
+        // Every row has the weight row's block count, so the loop below indexes in bounds.
+        for a in acts {
+            assert!(a.d.len() >= nb && a.qs.len() >= nb && (!unsigned || a.s.len() >= nb));
+        }
         // SAFETY: the loads read whole `[i8; QK]` blocks; the store writes an `[f32; 8]`.
         unsafe {
             let ones = _mm256_set1_epi16(1);
-            for (acts, out) in acts.chunks(ROW_GROUP).zip(out.chunks_mut(ROW_GROUP)) {
-                let mut acc = [_mm256_setzero_ps(); ROW_GROUP];
-                let mut summs = [0f32; ROW_GROUP];
-                for (b, &dx) in d.iter().enumerate() {
-                    let x = block(&w, b);
-                    let ax = if unsigned { x } else { _mm256_sign_epi8(x, x) };
-                    for (r, a) in acts.iter().enumerate() {
-                        let qy: &[i8; QK] = &a.qs[b];
-                        let y = _mm256_loadu_si256(qy.as_ptr().cast());
-                        let sy = if unsigned { y } else { _mm256_sign_epi8(y, x) };
-                        let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-                        let dd = _mm256_set1_ps(dx * a.d[b]);
-                        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
-                        if let Some(m) = mins {
-                            summs[r] += m[b] * a.s[b];
-                        }
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut summs = [0f32; R];
+            for (b, &dx) in d.iter().enumerate() {
+                let x = block(w, b);
+                let ax = if unsigned { x } else { _mm256_sign_epi8(x, x) };
+                for r in 0..R {
+                    let a = &acts[r];
+                    let qy: &[i8; QK] = a.qs.get_unchecked(b);
+                    let y = _mm256_loadu_si256(qy.as_ptr().cast());
+                    let sy = if unsigned { y } else { _mm256_sign_epi8(y, x) };
+                    let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                    let dd = _mm256_set1_ps(dx * *a.d.get_unchecked(b));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
+                    if let Some(m) = mins {
+                        summs[r] += m[b] * *a.s.get_unchecked(b);
                     }
                 }
-                for (r, o) in out.iter_mut().enumerate() {
-                    let mut l = [0f32; 8];
-                    _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
-                    *o = hsum8(l) + summs[r];
-                }
+            }
+            for r in 0..R {
+                let mut l = [0f32; 8];
+                _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
+                out[r] = hsum8(l) + summs[r];
             }
         }
     }
