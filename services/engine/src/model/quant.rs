@@ -6,16 +6,18 @@
 //! then the block dot products of [`super::kernels`] (AVX2+FMA when the CPU has it, detected
 //! at run time) multiply them with the weights. candle's own Q8_1 quantization
 //! rounds the block sum through f16 twice (ggml rounds `d * Σq` once), and its Q4_1 and
-//! Q5_0 kernels are scalar, so these formats do not go through candle. The K-quants and
-//! float formats use candle's `QMatMul`.
+//! Q5_0 kernels are scalar, so these formats do not go through candle. The K-quants (Q4_K,
+//! Q5_K, Q6_K) multiply ggml's Q8_K activations (256-element blocks, f32 scale, i16 sums of
+//! 16) in [`kquants`], also the engine's own.
 //!
-//! Work is split across the engine's own thread pool (a `rayon` pool the model owns, sized by
-//! `EngineConfig::threads`; idle workers sleep instead of spinning) in chunks of weight rows;
-//! one call can run several matrices that share an input (q/k/v, gate/up), quantizing that
-//! input once. candle's `QMatMul` (K-quants) still threads itself with candle's pool.
+//! Work is split in chunks of weight rows between the calling thread and `threads - 1`
+//! helpers from the engine's own thread pool (a `rayon` pool the model owns, sized by
+//! `EngineConfig::threads`; idle workers sleep instead of spinning), all taking chunks off
+//! one counter; one call can run several matrices that share an input (q/k/v, gate/up),
+//! quantizing that input once. Only formats without engine kernels (float matrices, Q2_K,
+//! Q3_K...) still go through candle's `QMatMul` and its own threads.
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-
-use rayon::prelude::*;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
@@ -496,10 +498,27 @@ pub fn matmul_shared(
         }
     }
     let isa = isa();
-    if work.len() <= 1 || pool.current_num_threads() <= 1 {
-        work.iter().for_each(|w| w.run(isa, m));
+    // The calling thread works too: it and `threads - 1` helpers from the pool take chunks
+    // off one counter. (With `pool.install` the caller slept while the pool worked, and every
+    // product paid for waking it again; with two cores, three threads also competed for them.)
+    let helpers = pool.current_num_threads().min(work.len()).saturating_sub(1);
+    let next = AtomicUsize::new(0);
+    let take_chunks = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = work.get(i) else { break };
+            item.run(isa, m);
+        }
+    };
+    if helpers == 0 {
+        take_chunks();
     } else {
-        pool.install(|| work.par_iter().for_each(|w| w.run(isa, m)));
+        pool.in_place_scope(|s| {
+            for _ in 0..helpers {
+                s.spawn(|_| take_chunks());
+            }
+            take_chunks();
+        });
     }
     drop(work);
 
