@@ -142,20 +142,38 @@ pub(crate) mod x86 {
         }
     }
 
+    /// Formats as const parameters, so each gets its own loop without a per-block `match`.
+    const Q4_0: u8 = 0;
+    const Q4_1: u8 = 1;
+    const Q5_0: u8 = 2;
+    const Q8_0: u8 = 3;
+
+    /// One weight row's arrays (those the format does not have are empty).
+    struct Row<'a> {
+        d: &'a [f32],
+        m: &'a [f32],
+        nib: &'a [[u8; 16]],
+        qh: &'a [u32],
+        q8: &'a [[i8; QK]],
+    }
+
     /// Block `b`'s 32 values as bytes (signed, except Q4_1's unsigned nibbles).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block(w: &WeightRow<'_>, b: usize) -> __m256i {
+    unsafe fn block<const F: u8>(w: &Row<'_>, b: usize) -> __m256i {
         // SAFETY: each load reads one whole block array of 16 or 32 bytes.
         unsafe {
-            match w {
-                WeightRow::Q4_0 { qs, .. } => _mm256_sub_epi8(nibbles(&qs[b]), _mm256_set1_epi8(8)),
-                WeightRow::Q4_1 { qs, .. } => nibbles(&qs[b]),
-                WeightRow::Q5_0 { qs, qh, .. } => {
-                    let high = _mm256_and_si256(bits_32(qh[b]), _mm256_set1_epi8(0x10));
-                    _mm256_sub_epi8(_mm256_or_si256(nibbles(&qs[b]), high), _mm256_set1_epi8(16))
+            match F {
+                Q4_0 => _mm256_sub_epi8(nibbles(&w.nib[b]), _mm256_set1_epi8(8)),
+                Q4_1 => nibbles(&w.nib[b]),
+                Q5_0 => {
+                    let high = _mm256_and_si256(bits_32(w.qh[b]), _mm256_set1_epi8(0x10));
+                    _mm256_sub_epi8(
+                        _mm256_or_si256(nibbles(&w.nib[b]), high),
+                        _mm256_set1_epi8(16),
+                    )
                 }
-                WeightRow::Q8_0 { qs, .. } => _mm256_loadu_si256(qs[b].as_ptr().cast()),
+                _ => _mm256_loadu_si256(w.q8[b].as_ptr().cast()),
             }
         }
     }
@@ -164,11 +182,42 @@ pub(crate) mod x86 {
     /// stay in registers and each unpacked weight block serves all four), the rest one by one.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_rows(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+        let mut row = Row {
+            d: &[],
+            m: &[],
+            nib: &[],
+            qh: &[],
+            q8: &[],
+        };
+        // SAFETY (all calls below): AVX2 and FMA are available (this function's requirement).
+        match w {
+            WeightRow::Q4_0 { d, qs } => {
+                (row.d, row.nib) = (d, qs);
+                unsafe { dot_format::<Q4_0>(&row, acts, out) }
+            }
+            WeightRow::Q4_1 { d, m, qs } => {
+                (row.d, row.m, row.nib) = (d, m, qs);
+                unsafe { dot_format::<Q4_1>(&row, acts, out) }
+            }
+            WeightRow::Q5_0 { d, qh, qs } => {
+                (row.d, row.qh, row.nib) = (d, qh, qs);
+                unsafe { dot_format::<Q5_0>(&row, acts, out) }
+            }
+            WeightRow::Q8_0 { d, qs } => {
+                (row.d, row.q8) = (d, qs);
+                unsafe { dot_format::<Q8_0>(&row, acts, out) }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_format<const F: u8>(w: &Row<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
         let mut groups = acts.chunks_exact(4);
         let mut outs = out.chunks_exact_mut(4);
         for (a, o) in (&mut groups).zip(&mut outs) {
             // SAFETY: AVX2 and FMA are available (this function's own requirement).
-            unsafe { dot_group::<4>(&w, a, o) };
+            unsafe { dot_group::<4, F>(w, a, o) };
         }
         for (a, o) in groups
             .remainder()
@@ -176,22 +225,20 @@ pub(crate) mod x86 {
             .zip(outs.into_remainder().chunks_mut(1))
         {
             // SAFETY: as above.
-            unsafe { dot_group::<1>(&w, a, o) };
+            unsafe { dot_group::<1, F>(w, a, o) };
         }
     }
 
     /// `R` activation rows (`acts.len() == out.len() == R`) against one weight row.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_group<const R: usize>(w: &WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
-        let (d, mins) = match *w {
-            WeightRow::Q4_0 { d, .. } | WeightRow::Q5_0 { d, .. } | WeightRow::Q8_0 { d, .. } => {
-                (d, None)
-            }
-            WeightRow::Q4_1 { d, m, .. } => (d, Some(m)),
-        };
-        let unsigned = mins.is_some();
-        let nb = d.len();
+    unsafe fn dot_group<const R: usize, const F: u8>(
+        w: &Row<'_>,
+        acts: &[ActRow<'_>],
+        out: &mut [f32],
+    ) {
+        let unsigned = F == Q4_1;
+        let nb = w.d.len();
         let acts: &[ActRow<'_>; R] = acts.try_into().expect("R activation rows");
         // Every row has the weight row's block count, so the loop below indexes in bounds.
         for a in acts {
@@ -202,8 +249,8 @@ pub(crate) mod x86 {
             let ones = _mm256_set1_epi16(1);
             let mut acc = [_mm256_setzero_ps(); R];
             let mut summs = [0f32; R];
-            for (b, &dx) in d.iter().enumerate() {
-                let x = block(w, b);
+            for (b, &dx) in w.d.iter().enumerate() {
+                let x = block::<F>(w, b);
                 let ax = if unsigned { x } else { _mm256_sign_epi8(x, x) };
                 for r in 0..R {
                     let a = &acts[r];
@@ -213,8 +260,8 @@ pub(crate) mod x86 {
                     let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
                     let dd = _mm256_set1_ps(dx * *a.d.get_unchecked(b));
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
-                    if let Some(m) = mins {
-                        summs[r] += m[b] * *a.s.get_unchecked(b);
+                    if unsigned {
+                        summs[r] += w.m[b] * *a.s.get_unchecked(b);
                     }
                 }
             }
