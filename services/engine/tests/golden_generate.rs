@@ -257,7 +257,18 @@ const QWEN_KNOWN_DIVERGENT: &[&str] = &["raw-unicode"];
 /// ChatML fallback (the GGUF has no template); whether Hearth renders that fallback itself is
 /// `golden_tokenize`'s concern. No prompt reaches the 512-token sliding window, so the window
 /// itself is covered by the synthetic model test (`tests/synthetic_arch.rs`).
-const GEMMA3_KNOWN_DIVERGENT: &[&str] = &[];
+///
+/// raw-english flips at step 1 to 37423 (llama.cpp 0.0753) for 2523 (0.1027). llama.cpp's own
+/// AVX2 build of the fixtures' commit (llama-cpp-python 0.3.36 on this machine, same settings)
+/// makes the same flip at the same step (0.0899 against 0.0858), so this is the AVX-512/AVX2
+/// rounding split, not a gemma3 mistake: against that build, layer 0's embedding scale,
+/// norms, per-head q/k norms, RoPE (local base 10000) and V are bit-identical, and so is the
+/// attention output when the f16 dot takes the AVX2 lane order; the GELU table equals ggml's
+/// `ggml_table_gelu_f16`. What still rounds differently is in the Q4_K/Q6_K/Q8_0 products
+/// (`quant.rs`), which top-1 probabilities amplify to ~0.05 on this model. (That AVX2 build
+/// also flips raw-leading-trailing-space at 7, raw-gemma-turns at 7 and chat-multi-turn at 11,
+/// all near-ties.)
+const GEMMA3_KNOWN_DIVERGENT: &[&str] = &["raw-english"];
 
 fn check_fixture(file_name: &str, known_divergent: &[&str]) -> Result<()> {
     let path = fixtures_dir().join(file_name);
