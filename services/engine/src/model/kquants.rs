@@ -215,7 +215,30 @@ pub fn dot_rows_k(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    for (o, a) in out.iter_mut().zip(acts) {
+    // Q4_K (plain) and Q6_K take activation rows four at a time, each unpacked weight
+    // super-block serving all four (prefill); the rest go row by row.
+    let grouped = matches!(
+        w,
+        KRow::Q4K {
+            repacked: false,
+            ..
+        } | KRow::Q6K(_)
+    );
+    let mut done = 0;
+    if grouped {
+        for (a, o) in acts.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+            // SAFETY: this function only runs where AVX2 and FMA are available.
+            unsafe {
+                match w {
+                    KRow::Q4K { blocks, .. } => x86::q4k_group::<4>(blocks, a, o),
+                    KRow::Q6K(blocks) => x86::q6k_group::<4>(blocks, a, o),
+                    KRow::Q5K(_) => {}
+                }
+            }
+            done += 4;
+        }
+    }
+    for (o, a) in out[done..].iter_mut().zip(&acts[done..]) {
         // SAFETY: this function only runs where AVX2 and FMA are available.
         *o = unsafe {
             match w {
@@ -372,6 +395,152 @@ mod x86 {
             let mut l = [0f32; 8];
             _mm256_storeu_ps(l.as_mut_ptr(), acc);
             hsum8(l) + summs
+        }
+    }
+
+    /// Unpacked Q4_K super-block: the eight 32-element sub-blocks as bytes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q4k_unpack(qs: &[u8; 128]) -> [__m256i; 8] {
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let mut q = [_mm256_setzero_si256(); 8];
+            for j in 0..4 {
+                let bits = load(&qs[32 * j..]);
+                q[2 * j] = _mm256_and_si256(bits, m4);
+                q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            }
+            q
+        }
+    }
+
+    /// [`dot_q4k`] (plain arithmetic) for `R` activation rows at once, bit for bit.
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q4k_group<const R: usize>(w: &[BlockQ4K], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+        let acts: &[&[BlockQ8K]; R] = acts.try_into().expect("R activation rows");
+        for a in acts {
+            assert!(a.len() >= w.len());
+        }
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc_m = [[0f32; 4]; R];
+            for (b, x) in w.iter().enumerate() {
+                let q = q4k_unpack(&x.qs);
+                for r in 0..R {
+                    // SAFETY: every row has at least `w.len()` blocks (asserted above).
+                    let y = acts[r].get_unchecked(b);
+                    let d = y.d * x.d;
+                    let dmin = -y.d * x.dmin;
+                    for (m, p) in acc_m[r].iter_mut().zip(min_sum(&x.mn, &y.bsums)) {
+                        *m = dmin.mul_add(p as f32, *m);
+                    }
+                    let mut sumi = _mm256_setzero_si256();
+                    for j in 0..4 {
+                        let p_lo = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(q[2 * j], load_i8(&y.qs[64 * j..])),
+                            _mm256_set1_epi16(i16::from(x.sc[2 * j])),
+                        );
+                        let p_hi = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(q[2 * j + 1], load_i8(&y.qs[64 * j + 32..])),
+                            _mm256_set1_epi16(i16::from(x.sc[2 * j + 1])),
+                        );
+                        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+                    }
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r]);
+                }
+            }
+            for r in 0..R {
+                let mut l = [0f32; 8];
+                _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
+                let m = [acc_m[r][0] + acc_m[r][2], acc_m[r][1] + acc_m[r][3]];
+                out[r] = hsum8(l) + (m[0] + m[1]);
+            }
+        }
+    }
+
+    /// Unpacked Q6_K super-block: eight 32-element groups (0..=63) and their 16-bit scales.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q6k_unpack(x: &BlockQ6K) -> ([__m256i; 8], [__m256i; 8]) {
+        unsafe {
+            let m3 = _mm256_set1_epi8(3);
+            let m15 = _mm256_set1_epi8(15);
+            let mut q = [_mm256_setzero_si256(); 8];
+            let mut scales = [_mm256_setzero_si256(); 8];
+            for j in 0..2 {
+                let b1 = load(&x.ql[64 * j..]);
+                let b2 = load(&x.ql[64 * j + 32..]);
+                let h = load(&x.qh[32 * j..]);
+                let h0 = _mm256_slli_epi16(_mm256_and_si256(h, m3), 4);
+                let h1 = _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(12)), 2);
+                let h2 = _mm256_and_si256(h, _mm256_set1_epi8(48));
+                #[allow(clippy::cast_possible_wrap)]
+                let h3 = _mm256_srli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(0xc0_u8 as i8)), 2);
+                q[4 * j] = _mm256_or_si256(_mm256_and_si256(b1, m15), h0);
+                q[4 * j + 1] = _mm256_or_si256(_mm256_and_si256(b2, m15), h1);
+                q[4 * j + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m15), h2);
+                q[4 * j + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m15), h3);
+            }
+            for (is, sc) in scales.iter_mut().enumerate() {
+                let (s0, s1) = (i16::from(x.sc[2 * is]), i16::from(x.sc[2 * is + 1]));
+                *sc = _mm256_setr_epi16(
+                    s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
+                );
+            }
+            (q, scales)
+        }
+    }
+
+    /// [`dot_q6k`] for `R` activation rows at once, bit for bit.
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn q6k_group<const R: usize>(w: &[BlockQ6K], acts: &[&[BlockQ8K]], out: &mut [f32]) {
+        let acts: &[&[BlockQ8K]; R] = acts.try_into().expect("R activation rows");
+        for a in acts {
+            assert!(a.len() >= w.len());
+        }
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for (b, x) in w.iter().enumerate() {
+                let (q, scales) = q6k_unpack(x);
+                let sc = q6k_sc16(x);
+                for r in 0..R {
+                    // SAFETY: every row has at least `w.len()` blocks (asserted above).
+                    let y = acts[r].get_unchecked(b);
+                    let d = y.d * x.d;
+                    let mut sumi = _mm256_setzero_si256();
+                    for j in 0..2 {
+                        for t in 0..4 {
+                            let g = 4 * j + t;
+                            let p = _mm256_maddubs_epi16(q[g], load_i8(&y.qs[32 * g..]));
+                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales[g], p));
+                        }
+                    }
+                    let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+                    let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc));
+                    sumi = _mm256_sub_epi32(sumi, sub);
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r]);
+                }
+            }
+            for r in 0..R {
+                let mut l = [0f32; 8];
+                _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
+                out[r] = hsum8(l);
+            }
+        }
+    }
+
+    /// The sixteen Q6_K scales as 16-bit lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q6k_sc16(x: &BlockQ6K) -> __m256i {
+        let s = x.sc.map(i16::from);
+        unsafe {
+            _mm256_setr_epi16(
+                s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12],
+                s[13], s[14], s[15],
+            )
         }
     }
 
