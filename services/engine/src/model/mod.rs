@@ -1,13 +1,22 @@
 //! Transformer forward passes over quantized GGUF weights.
 //!
-//! One decoder ([`transformer::Transformer`]) serves the llama and qwen2 architectures; they
-//! differ only in what [`HParams`] records: RoPE style (llama.cpp's "normal" interleaved pairs
-//! for llama, whose GGUF q/k weights are stored permuted for it; NEOX halves for qwen2), the
-//! q/k/v biases qwen2 carries, and whether the output projection is tied to the embeddings.
+//! One decoder ([`transformer::Transformer`]) serves the llama, qwen2, qwen3 and gemma3
+//! architectures ([`SUPPORTED`]); they differ only in what [`HParams`] records: RoPE style
+//! (llama.cpp's "normal" interleaved pairs for llama, whose GGUF q/k weights are stored
+//! permuted for it; NEOX halves for the others), the q/k/v biases qwen2 carries, the per-head
+//! q/k RMS norms of qwen3 and gemma3, and whether the output projection is tied to the
+//! embeddings. gemma3 adds, as llama.cpp's `llm_build_gemma3_iswa`: embeddings scaled by
+//! `sqrt(n_embd)`, q scaled by `1/sqrt(key_length)` before attention, RMS post-norms on the
+//! attention and feed-forward outputs, a GELU (tanh, ggml's f16 table) gate, and
+//! sliding-window layers ([`SlidingWindow`]: every 6th layer global by default) that see only
+//! the last `attention.sliding_window` positions and rotate with RoPE base 10000 while global
+//! layers use the file's base. The norm weights are used as stored: gemma's converter already
+//! added the `+1`.
 //!
 //! The matrix products run on the engine's kernels for the 32-block formats and on candle's
-//! `QMatMul` for the K-quants ([`quant`]); weights stay quantized, token embeddings included
-//! (only the looked-up rows are dequantized). Norms, RoPE, attention and the KV cache are plain
+//! `QMatMul` for the K-quants ([`quant`]); weights stay quantized. Token embedding rows are
+//! read from the file as tokens need them ([`embeddings`]), so a tied embedding table is held
+//! once, in the output projection. Norms, RoPE, attention and the KV cache are plain
 //! Rust over `f32` slices ([`ops`]), written to follow ggml's CPU arithmetic: RMS sums in `f64`,
 //! the RoPE angle advanced by repeated multiplication, K/V rounded to f16 in the cache, and
 //! attention as llama.cpp's flash attention computes it (tiled f32 kernel for batches of 64+
@@ -22,12 +31,16 @@
 //!
 //! Current limits: CPU only, one sequence, no RoPE scaling other than linear; the K-quants
 //! (Q4_K, Q6_K) still go through candle's `QMatMul` and its thread pool; weights are copied
-//! out of the file (not memory-mapped); no NEON build of the kernels yet.
+//! out of the file (not memory-mapped); no NEON build of the kernels yet. Sliding-window
+//! layers keep every position in their cache (llama.cpp keeps a ring of window + batch
+//! cells), so a long gemma3 context costs the memory of full attention, and past llama.cpp's
+//! ring size its key order (hence rounding) differs.
 use candle_core::quantized::gguf_file::Value;
 
 use crate::gguf::GgufModelFile;
 use crate::{EngineConfig, EngineError, Result};
 
+mod embeddings;
 mod ggml_math;
 mod kernels;
 mod ops;

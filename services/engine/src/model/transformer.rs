@@ -4,9 +4,10 @@
 //! RoPE base, embedding scale, logit soft-capping).
 use std::sync::Arc;
 
+use candle_core::Device;
 use candle_core::quantized::QTensor;
-use candle_core::{Device, Tensor};
 
+use super::embeddings::EmbeddingRows;
 use super::ops::{self, AttnShape, KvCache, RopeTable};
 use super::quant::{QMatrix, matmul_shared};
 use super::{FfnActivation, Forward, HParams};
@@ -41,8 +42,8 @@ struct Layer {
 pub struct Transformer {
     hp: HParams,
     vocab: usize,
-    /// Token embeddings, kept quantized; also the output projection when tied.
-    embeddings: Arc<QTensor>,
+    /// Token embedding rows, read from the file as needed (see [`EmbeddingRows`]).
+    embeddings: EmbeddingRows,
     layers: Vec<Layer>,
     output_norm: Vec<f32>,
     output: QMatrix,
@@ -100,16 +101,13 @@ impl Transformer {
         let q_dim = hp.n_head * hp.head_dim;
         let kv_dim = hp.n_head_kv * hp.head_dim;
 
-        let embeddings = l.reader.load("token_embd.weight")?;
-        let vocab = match embeddings.shape().dims() {
-            &[v, e] if e == n_embd && v > 0 => v,
-            got => return Err(l.shape_error("token_embd.weight", &[0, n_embd], got)),
-        };
-        let embeddings = Arc::new(embeddings);
+        let embeddings = EmbeddingRows::open(file, "token_embd.weight", n_embd)?;
+        let vocab = embeddings.vocab();
         let output = if file.has_tensor("output.weight") {
             l.matmul("output.weight", vocab, n_embd)?
         } else {
-            QMatrix::from_arc(embeddings.clone())?
+            // Tied: the projection's kernel gets its own copy; the lookups read the file.
+            QMatrix::from_arc(Arc::new(l.reader.load("token_embd.weight")?))?
         };
         let output_norm = l.vector("output_norm.weight", n_embd)?;
 
@@ -248,12 +246,7 @@ impl Transformer {
         if let Some(r) = &mut self.rope_local {
             r.ensure(start_pos + rows);
         }
-        let ids = Tensor::from_slice(tokens, rows, &Device::Cpu)?;
-        let mut hidden = self
-            .embeddings
-            .embedding(&ids)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let mut hidden = self.embeddings.rows(tokens)?;
         if let Some(s) = hp.embd_scale {
             ops::scale(&mut hidden, s);
         }
