@@ -312,10 +312,7 @@ fn sliding_window(file: &GgufModelFile, n_layer: usize) -> Result<Option<Sliding
                 }
             }
         }
-        _ => {
-            let n = file.opt_usize(&pattern_key)?.unwrap_or(6);
-            (0..n_layer).map(|il| n == 0 || il % n < n - 1).collect()
-        }
+        _ => swa_pattern(file.opt_usize(&pattern_key)?.unwrap_or(6), n_layer),
     };
     let rope_freq_base = file
         .opt_f32(&key("rope.freq_base_swa"))?
@@ -332,9 +329,40 @@ fn sliding_window(file: &GgufModelFile, n_layer: usize) -> Result<Option<Sliding
     }))
 }
 
+/// llama.cpp's `set_swa_pattern`: with period `n`, the last layer of every `n` is global (all
+/// layers local when `n` is 0).
+fn swa_pattern(n: usize, n_layer: usize) -> Vec<bool> {
+    (0..n_layer).map(|il| n == 0 || il % n < n - 1).collect()
+}
+
 /// Builds the forward pass for the file's architecture.
 pub fn load(file: &GgufModelFile, config: &EngineConfig) -> Result<Box<dyn Forward>> {
     let hparams = HParams::from_gguf(file)?;
     let model = transformer::Transformer::load(file, hparams, config)?;
     Ok(Box::new(model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_check_and_the_forward_pass_support_the_same_architectures() {
+        let listed: Vec<&str> = SUPPORTED.split(", ").collect();
+        assert_eq!(listed, crate::gguf::SUPPORTED_ARCHITECTURES);
+    }
+
+    #[test]
+    fn every_sixth_layer_is_global_by_default() {
+        let w = SlidingWindow {
+            size: 512,
+            layers: swa_pattern(6, 18),
+            rope_freq_base: 10_000.0,
+        };
+        let global: Vec<usize> = (0..18).filter(|&il| !w.is_local(il)).collect();
+        assert_eq!(global, [5, 11, 17], "gemma-3-270m's global layers");
+        assert!(!w.is_local(18), "layers past the end are not local");
+        assert_eq!(swa_pattern(0, 3), [true, true, true]);
+        assert_eq!(swa_pattern(1, 3), [false, false, false]);
+    }
 }
