@@ -269,10 +269,11 @@ const ENGINE_KERNEL_TYPES: &[GgmlDType] = &[
 
 /// Whether Q4_K matrices take the arithmetic of llama.cpp's repacked `block_q4_Kx8` gemv (what
 /// its AVX2 and AVX-512 builds run for row counts that are multiples of 8) instead of the
-/// plain AVX2 `vec_dot`. The fixtures' build repacked, yet the plain arithmetic follows them
-/// better: Qwen2.5's golden cases with repacking diverged earlier (raw-unicode at step 10
-/// instead of 13, raw-english at 29 instead of 43, raw-leading-trailing-space at 13 instead of
-/// never), so it stays off; the repacked kernel is kept, tested, for when that changes.
+/// plain AVX2 `vec_dot`. The fixtures' build repacked, yet with the repacked arithmetic
+/// gemma3's chat-multi-turn leaves llama.cpp at step 25 (not a near-tie), while the plain one
+/// passes every golden case; on Qwen2.5 both pass (repacked: 9 of 10 cases match all steps,
+/// plain: 8, the other two ending in near-tie flips). So it stays off; the repacked kernel is
+/// kept, tested, for when that changes.
 const REPACK_Q4K: bool = false;
 
 /// Weights of one K-quant format, one entry per super-block, row after row.
