@@ -264,7 +264,11 @@ impl Transformer {
         };
         let mut normed = vec![0f32; hidden.len()];
         let mut attn = vec![0f32; rows * hp.n_head * hp.head_dim];
-        for (layer, cache) in self.layers.iter().zip(self.cache.iter_mut()) {
+        // Rows still carried: after the last layer's attention only the last position matters
+        // (llama.cpp's `inp_out_ids`), so its feed-forward block runs on that row alone.
+        let mut m = rows;
+        let last_layer = self.layers.len().saturating_sub(1);
+        for (il, (layer, cache)) in self.layers.iter().zip(self.cache.iter_mut()).enumerate() {
             let (rope, shape) = match (&self.rope_local, &hp.sliding_window) {
                 (Some(rope), Some(w)) if layer.local => (
                     rope,
@@ -305,6 +309,13 @@ impl Transformer {
             cache.append(&k, &v);
             ops::attention(&q, cache, start_pos, shape, &mut attn);
             let mut o = layer.wo.matmul(&self.pool, &attn, rows)?;
+            if il == last_layer && rows > 1 {
+                let drop = (rows - 1) * hp.n_embd;
+                o.drain(..drop);
+                hidden.drain(..drop);
+                normed.truncate(hp.n_embd);
+                m = 1;
+            }
             if let Some(w) = &layer.attn_post_norm {
                 ops::rms_norm_in_place(&mut o, w, hp.rms_eps);
             }
@@ -317,13 +328,13 @@ impl Transformer {
                 &self.pool,
                 &[&layer.gate, &layer.up],
                 &normed,
-                rows,
+                m,
             )?)?;
             match hp.ffn_activation {
                 FfnActivation::Silu => ops::swiglu(&mut gate, &up),
                 FfnActivation::GeluTanh => ops::geglu(&mut gate, &up),
             }
-            let mut down = layer.down.matmul(&self.pool, &gate, rows)?;
+            let mut down = layer.down.matmul(&self.pool, &gate, m)?;
             if let Some(w) = &layer.ffn_post_norm {
                 ops::rms_norm_in_place(&mut down, w, hp.rms_eps);
             }
@@ -332,7 +343,7 @@ impl Transformer {
             }
         }
         self.cached = start_pos + rows;
-        let last = &hidden[(rows - 1) * hp.n_embd..];
+        let last = &hidden[(m - 1) * hp.n_embd..];
         let mut last_normed = vec![0f32; hp.n_embd];
         ops::rms_norm(last, &self.output_norm, hp.rms_eps, &mut last_normed);
         let mut logits = self.output.matmul(&self.pool, &last_normed, 1)?;
