@@ -10,8 +10,8 @@
 //! ggml), which a test checks bit for bit against the portable body with fused multiply-adds.
 //!
 //! This module and `quant::kquants` (the K-quants) are the only ones that allow `unsafe`:
-//! calling a `#[target_feature]` function is unsafe on Rust 1.85, and each such call is guarded by the runtime detection stored in
-//! [`Isa`], which can only be constructed as `Avx2Fma` when the CPU reports both features.
+//! calling a `#[target_feature]` function is unsafe on Rust 1.85, and each such call is
+//! guarded by the runtime detection stored in [`Isa`], which can only be constructed as `Avx2Fma` when the CPU reports both features.
 #![allow(unsafe_code)]
 
 /// Elements per block.
