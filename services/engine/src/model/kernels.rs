@@ -11,7 +11,8 @@
 //!
 //! This module and `quant::kquants` (the K-quants) are the only ones that allow `unsafe`:
 //! calling a `#[target_feature]` function is unsafe on Rust 1.85, and each such call is
-//! guarded by the runtime detection stored in [`Isa`], which can only be constructed as `Avx2Fma` when the CPU reports both features.
+//! guarded by the runtime detection stored in [`Isa`], which can only be constructed as
+//! `Avx2Fma` when the CPU reports both features.
 #![allow(unsafe_code)]
 
 /// Elements per block.
