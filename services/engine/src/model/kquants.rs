@@ -1,5 +1,6 @@
 //! Dot products for the K-quants (Q4_K, Q5_K, Q6_K: super-blocks of 256 weights) against
-//! ggml's Q8_K activations, with the same runtime CPU-feature dispatch as [`crate::model::kernels`].
+//! ggml's Q8_K activations, with the same runtime CPU-feature dispatch as
+//! [`crate::model::kernels`].
 //!
 //! Integer work is exact whatever order it runs in, so what has to follow llama.cpp is where
 //! the integer sums are turned into `f32` and how those are accumulated:
@@ -16,10 +17,11 @@
 //!   take the plain AVX2 `ggml_vec_dot_q4_K_q8_K` (eight lanes for the scaled products, four
 //!   `f32` lanes for the minimum term).
 //!
-//! The bodies are portable Rust compiled twice (plainly, and for AVX2+FMA where the
-//! multiply-adds fuse as ggml's do); [`Isa`] picks one at run time. Like [`crate::model::kernels`],
-//! this module allows `unsafe` only to call the `#[target_feature]` versions, each call guarded
-//! by the runtime detection stored in [`Isa::Avx2Fma`].
+//! The portable bodies are the fallback; on x86-64 with AVX2+FMA (detected at run time, [`Isa`])
+//! the same arithmetic runs as intrinsics in ggml's shape, which tests check bit for bit
+//! against the portable bodies with fused multiply-adds. Like [`crate::model::kernels`], this
+//! module allows `unsafe` only for the `#[target_feature]` calls (each guarded by the runtime
+//! detection stored in [`Isa::Avx2Fma`]) and the intrinsics' loads and stores.
 #![allow(unsafe_code)]
 
 use crate::model::kernels::Isa;
