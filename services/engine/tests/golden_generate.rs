@@ -247,10 +247,11 @@ fn run_case(
 /// RoPE follow the fixtures' AVX-512 build (`services/engine/src/model/ggml_math.rs`).
 const SMOLLM2_KNOWN_DIVERGENT: &[&str] = &[];
 
-/// Qwen2.5-Coder (Q4_K_M mix): raw-unicode flips at step 10 (to a token llama.cpp gives 0.29,
-/// against 0.35 for its pick). Its Q4_K and Q6_K matrix products still run on candle's kernels, whose rounding
-/// is not ggml's; the other cases match within the near-tie rule.
-const QWEN_KNOWN_DIVERGENT: &[&str] = &["raw-unicode"];
+/// Qwen2.5-Coder (Q4_K_M mix): none. Its Q4_K/Q6_K products run on the engine's own kernels
+/// with ggml's AVX2 `vec_dot` lane structure; top-1 probabilities still differ by up to ~0.07
+/// on some steps (the fixtures' AVX-512 build repacks Q4_K and tiles its products), so the
+/// probability check is reported, not enforced, for this model.
+const QWEN_KNOWN_DIVERGENT: &[&str] = &[];
 
 /// gemma-3-270m (Q4_K_M mix, Q8_0 embeddings tied to the output). The chat cases run too:
 /// this test feeds each case's recorded `prompt_tokens`, which llama.cpp rendered with its

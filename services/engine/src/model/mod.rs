@@ -13,8 +13,9 @@
 //! layers use the file's base. The norm weights are used as stored: gemma's converter already
 //! added the `+1`.
 //!
-//! The matrix products run on the engine's kernels for the 32-block formats and on candle's
-//! `QMatMul` for the K-quants ([`quant`]); weights stay quantized. Token embedding rows are
+//! The matrix products run on the engine's kernels ([`quant`]: [`kernels`] for the 32-block
+//! formats, `quant::kquants` for Q4_K/Q5_K/Q6_K; candle's `QMatMul` only for float and
+//! Q2_K/Q3_K matrices); weights stay quantized. Token embedding rows are
 //! read from the file as tokens need them ([`embeddings`]), so a tied embedding table is held
 //! once, in the output projection. Norms, RoPE, attention and the KV cache are plain
 //! Rust over `f32` slices ([`ops`]), written to follow ggml's CPU arithmetic: RMS sums in `f64`,
@@ -26,12 +27,11 @@
 //! `expf` of SiLU and the softmax, the 16-lane f16 dot product, and the fused multiply-adds
 //! GCC makes of ggml's scalar `a * b + c`), so its greedy output is the fixtures' on any CPU.
 //!
-//! The block kernels ([`kernels`]) and [`ggml_math`] are portable Rust compiled twice, plainly
-//! and for AVX2+FMA, and picked at run time; they are the only modules that allow `unsafe`.
+//! The block kernels ([`kernels`], `quant::kquants`) and [`ggml_math`] are portable Rust
+//! with an AVX2+FMA version picked at run time; they are the only modules that allow `unsafe`.
 //!
-//! Current limits: CPU only, one sequence, no RoPE scaling other than linear; the K-quants
-//! (Q4_K, Q6_K) still go through candle's `QMatMul` and its thread pool; weights are copied
-//! out of the file (not memory-mapped); no NEON build of the kernels yet. Sliding-window
+//! Current limits: CPU only, one sequence, no RoPE scaling other than linear; weights are
+//! copied out of the file (not memory-mapped); no NEON build of the kernels yet. Sliding-window
 //! layers keep every position in their cache (llama.cpp keeps a ring of window + batch
 //! cells), so a long gemma3 context costs the memory of full attention, and past llama.cpp's
 //! ring size its key order (hence rounding) differs.
