@@ -5,11 +5,13 @@
 //! connection; a client closing its connection cancels its generation.
 //!
 //! It runs apart from `hearthd` so that a crash, an abort or an out-of-memory kill in model
-//! code never takes the supervisor down. It must never touch HTTP, SQL or the model store:
-//! it is told which files to load (`--model` at start, then `SetModels` requests whenever the
+//! code never takes the supervisor down. It must never touch HTTP, SQL or the model store's
+//! files and catalogue (it borrows only the store's fit arithmetic, so the check before a load
+//! and the one at import agree): it is told which files to load (`--model` at start, then `SetModels` requests whenever the
 //! library changes) and where to listen. An unloaded model's thread ends after its queued
 //! jobs, and its memory goes with it.
 
+mod fit;
 mod slot;
 
 use std::collections::BTreeMap;

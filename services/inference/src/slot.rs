@@ -109,6 +109,13 @@ fn model_thread(
     queue: Receiver<Job>,
 ) {
     let set_state = |s| *state.lock().unwrap_or_else(PoisonError::into_inner) = s;
+    if let Err(reason) = crate::fit::check(&path, &engine) {
+        log::error!(model = id, reason; "model does not fit in memory; not loading it");
+        set_state(ModelState::Failed {
+            reason: reason.clone(),
+        });
+        return fail_queued_jobs(&id, &reason, queue);
+    }
     let loaded = std::panic::catch_unwind(|| LoadedModel::load(&id, &path, &engine));
     let mut model = match loaded {
         Ok(Ok(model)) => {

@@ -208,6 +208,37 @@ fn truncated_and_non_gguf_files_are_refused_by_name_and_good_models_still_serve(
     assert!(b.child.try_wait().unwrap().is_none(), "hearthd is still up");
 }
 
+/// The fit check before loading: with less memory available than SmolLM2's weights and KV
+/// cache need, the worker refuses to load it and says the numbers; the box keeps serving.
+#[test]
+fn a_model_that_does_not_fit_in_memory_is_refused_with_the_numbers() {
+    let Some(smol) = model(SMOLLM2) else { return };
+    let data = tempfile::tempdir().unwrap();
+    let mut b = Box_::start_with_env(
+        data,
+        &[OsStr::new("--model"), smol.as_os_str()],
+        &[("HEARTH_TEST_MEMORY_AVAILABLE", OsStr::new("50000000"))],
+    )
+    .unwrap();
+    let ready = b.wait_ready().unwrap();
+    let state = &ready["inference"]["models"][0]["state"];
+    assert_eq!(state["state"], "failed", "{ready}");
+    let (status, res) = b
+        .post("/v1/chat/completions", &chat(ID, "Hi", json!({})))
+        .unwrap();
+    assert_eq!(status, 422, "{res}");
+    assert_eq!(res["error"]["code"], "model_unavailable");
+    let message = res["error"]["message"].as_str().unwrap();
+    // 98 MB of weights plus an f16 KV cache for 8192 tokens, against 50 MB.
+    assert!(
+        message.contains("does not fit in memory: needs 0.3 GiB, 47.7 MiB available"),
+        "{message}"
+    );
+    let (status, _) = b.get("/healthz").unwrap();
+    assert_eq!(status, 200);
+    assert!(b.child.try_wait().unwrap().is_none(), "hearthd is still up");
+}
+
 #[test]
 fn kill_9_of_the_worker_ends_the_running_stream_with_an_error_and_the_next_request_works() {
     let Some(mut b) = start(&[]) else { return };
