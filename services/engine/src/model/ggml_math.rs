@@ -309,15 +309,8 @@ mod tests {
     /// has them) gives the same bits as the plain build.
     #[test]
     fn both_builds_agree_bit_for_bit() {
-        let mut seed = 0x9e37_79b9_u32;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            #[allow(clippy::cast_precision_loss)]
-            let v = (seed % 20_000) as f32 / 1000.0 - 10.0;
-            super::super::ops::round_to_f16(v)
-        };
+        let mut rng = crate::model::kernels::tests::Rng(0x9e37_79b9);
+        let mut next = || super::super::ops::round_to_f16(rng.unit() * 10.0);
         for n in [1, 15, 16, 63, 64, 65, 130, 256] {
             let x: Vec<f32> = (0..n).map(|_| next()).collect();
             let y: Vec<f32> = (0..n).map(|_| next()).collect();

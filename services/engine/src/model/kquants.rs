@@ -868,34 +868,7 @@ pub fn reference_dot(w: KRow<'_>, a: &[BlockQ8K]) -> f64 {
 mod tests {
     use super::*;
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn byte(&mut self) -> u8 {
-            self.next().to_le_bytes()[0]
-        }
-        #[allow(clippy::cast_precision_loss)]
-        fn unit(&mut self) -> f32 {
-            (self.next() % 2001) as f32 / 1000.0 - 1.0
-        }
-        /// A random f16 bit pattern of a finite value in about ±0.06.
-        fn f16(&mut self) -> [u8; 2] {
-            // Exponent 5..=10 (2^-10..2^-5), random sign and mantissa.
-            let exp = 5 + u16::from(self.byte()) % 6;
-            let bits = (u16::from(self.byte() & 1) << 15)
-                | (exp << 10)
-                | (u16::from_le_bytes([self.byte(), self.byte()]) & 0x3ff);
-            bits.to_le_bytes()
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.byte()).collect()
-        }
-    }
+    use crate::model::kernels::tests::Rng;
 
     fn raw_q4k(rng: &mut Rng) -> Vec<u8> {
         let mut b = Vec::with_capacity(BlockQ4K::BYTES);
