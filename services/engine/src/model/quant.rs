@@ -618,17 +618,24 @@ mod tests {
                 .build()
                 .unwrap();
             let got = mat.matmul(&pool, &x, m).unwrap();
-            for i in 0..m {
-                for (j, wrow) in deq.iter().enumerate() {
-                    let xrow = &xq[i * k..(i + 1) * k];
-                    let want: f32 = wrow.iter().zip(xrow).map(|(a, b)| a * b).sum();
-                    let mag: f32 = wrow.iter().zip(xrow).map(|(a, b)| (a * b).abs()).sum();
-                    let g = got[i * n + j];
-                    assert!(
-                        (g - want).abs() <= 2e-3 * mag + 1e-5,
-                        "{dtype:?} [{i},{j}]: {g} vs {want}"
-                    );
-                }
+            assert_products(&got, &deq, &xq, 2e-3, &format!("{dtype:?}"));
+        }
+    }
+
+    /// `got` (tokens × rows) equals each dequantized weight row times each dequantized
+    /// activation row within `rel` of the sum of the products' magnitudes (plus 1e-5).
+    fn assert_products(got: &[f32], deq: &[Vec<f32>], xq: &[f32], rel: f32, what: &str) {
+        let n = deq.len();
+        let k = deq[0].len();
+        for (i, xrow) in xq.chunks_exact(k).enumerate() {
+            for (j, wrow) in deq.iter().enumerate() {
+                let want: f32 = wrow.iter().zip(xrow).map(|(a, b)| a * b).sum();
+                let mag: f32 = wrow.iter().zip(xrow).map(|(a, b)| (a * b).abs()).sum();
+                let g = got[i * n + j];
+                assert!(
+                    (g - want).abs() <= rel * mag + 1e-5,
+                    "{what} [{i},{j}]: {g} vs {want}"
+                );
             }
         }
     }
@@ -673,18 +680,7 @@ mod tests {
                     "{dtype:?} should use the engine's kernel"
                 );
                 let got = mat.matmul(&pool, &x, m).unwrap();
-                for i in 0..m {
-                    for (j, wrow) in deq.iter().enumerate() {
-                        let xrow = &xq[i * k..(i + 1) * k];
-                        let want: f32 = wrow.iter().zip(xrow).map(|(a, b)| a * b).sum();
-                        let mag: f32 = wrow.iter().zip(xrow).map(|(a, b)| (a * b).abs()).sum();
-                        let g = got[i * n + j];
-                        assert!(
-                            (g - want).abs() <= 1e-4 * mag + 1e-5,
-                            "{dtype:?} n {n} [{i},{j}]: {g} vs {want}"
-                        );
-                    }
-                }
+                assert_products(&got, &deq, &xq, 1e-4, &format!("{dtype:?} n {n}"));
             }
         }
     }
