@@ -390,12 +390,7 @@ fn import_from_a_directory_standing_in_for_a_usb_stick() {
 
     let (status, media) = ui.get("/ui/models/media").unwrap();
     assert_eq!(status, 200, "{media}");
-    let listed: Vec<&str> = media["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
+    let listed = media_paths(&media);
     assert!(
         listed.contains(&"STICK/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
         "{media}"
@@ -758,6 +753,16 @@ fn hearthd_killed_at_every_import_step_keeps_nothing_or_the_whole_model() {
     );
 }
 
+/// The `path`s of a `GET /ui/models/media` answer.
+fn media_paths(media: &Value) -> Vec<&str> {
+    media["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect()
+}
+
 /// Polls `GET /ui/models/media` until `pred` holds (at most 8 s: the watcher lists `media_dir`
 /// every 2 s by default); returns the answer and how long it took.
 fn wait_media(ui: &Ui, what: &str, pred: impl Fn(&[&str]) -> bool) -> (Value, Duration) {
@@ -765,12 +770,7 @@ fn wait_media(ui: &Ui, what: &str, pred: impl Fn(&[&str]) -> bool) -> (Value, Du
     loop {
         let (status, media) = ui.get("/ui/models/media").unwrap();
         assert_eq!(status, 200, "{media}");
-        let paths: Vec<&str> = media["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["path"].as_str().unwrap())
-            .collect();
+        let paths = media_paths(&media);
         if pred(&paths) {
             return (media.clone(), start.elapsed());
         }
