@@ -309,7 +309,7 @@ mod tests {
     /// has them) gives the same bits as the plain build.
     #[test]
     fn both_builds_agree_bit_for_bit() {
-        let mut rng = crate::model::kernels::tests::Rng(0x9e37_79b9);
+        let mut rng = hearth_kernels::testing::Rng(0x9e37_79b9);
         let mut next = || super::super::ops::round_to_f16(rng.unit() * 10.0);
         for n in [1, 15, 16, 63, 64, 65, 130, 256] {
             let x: Vec<f32> = (0..n).map(|_| next()).collect();

@@ -13,8 +13,9 @@
 //! layers use the file's base. The norm weights are used as stored: gemma's converter already
 //! added the `+1`.
 //!
-//! The matrix products run on the engine's kernels ([`quant`]: [`kernels`] for the 32-block
-//! formats, `quant::kquants` for Q4_K/Q5_K/Q6_K; candle's `QMatMul` only for float and
+//! The matrix products run on Hearth's own kernels ([`quant`] lays out and threads them; the
+//! `hearth-kernels` crate's `block` for the 32-block formats and `kquants` for
+//! Q4_K/Q5_K/Q6_K do the dot products; candle's `QMatMul` only for float and
 //! Q2_K/Q3_K matrices); weights stay quantized. Token embedding rows are
 //! read from the file as tokens need them ([`embeddings`]), so a tied embedding table is held
 //! once, in the output projection. Norms, RoPE, attention and the KV cache are plain
@@ -27,8 +28,8 @@
 //! `expf` of SiLU and the softmax, the 16-lane f16 dot product, and the fused multiply-adds
 //! GCC makes of ggml's scalar `a * b + c`), so its greedy output is the fixtures' on any CPU.
 //!
-//! The block kernels ([`kernels`], `quant::kquants`) and [`ggml_math`] are portable Rust
-//! with an AVX2+FMA version picked at run time; they are the only modules that allow `unsafe`.
+//! The block kernels (`hearth-kernels`) and [`ggml_math`] are portable Rust with an AVX2+FMA
+//! version picked at run time; [`ggml_math`] is the only engine module that allows `unsafe`.
 //!
 //! Current limits: CPU only, one sequence, no RoPE scaling other than linear; weights are
 //! copied out of the file (not memory-mapped); no NEON build of the kernels yet. Sliding-window
@@ -42,7 +43,6 @@ use crate::{EngineConfig, EngineError, Result};
 
 mod embeddings;
 mod ggml_math;
-mod kernels;
 mod ops;
 mod quant;
 mod transformer;

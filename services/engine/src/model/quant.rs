@@ -22,43 +22,17 @@ use std::sync::{Mutex, OnceLock};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use super::kernels::{ActRow, Isa, QK, WeightRow, dot_rows};
-#[path = "kquants.rs"]
-mod kquants;
+use hearth_kernels::block::{ActRow, QK, WeightRow, dot_rows};
+use hearth_kernels::kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, QK_K, dot_rows_k};
+use hearth_kernels::{Isa, f16_to_f32, round_small};
+
 use super::ops::round_to_f16;
 use crate::Result;
-use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, QK_K, dot_rows_k};
 
 /// The kernels this CPU runs, detected once.
 fn isa() -> Isa {
     static ISA: OnceLock<Isa> = OnceLock::new();
     *ISA.get_or_init(Isa::detect)
-}
-
-/// Rounds to nearest, ties to even, for `|v| ≤ 2^22` (and NaN to NaN) the way ggml's
-/// `nearest_int` does: adding and subtracting 1.5·2^23 leaves the integer part. Inline, where
-/// `f32::round_ties_even` is a call to libm's `rintf` on baseline x86-64.
-#[inline(always)]
-pub(super) fn round_small(v: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (v + MAGIC) - MAGIC
-}
-
-/// f16 bits to f32.
-pub(super) fn f16_to_f32(h: u16) -> f32 {
-    let sign = u32::from(h & 0x8000) << 16;
-    let exp = u32::from((h >> 10) & 0x1f);
-    let man = u32::from(h & 0x3ff);
-    match exp {
-        0 => {
-            // Zero or subnormal: man * 2^-24.
-            #[allow(clippy::cast_precision_loss)]
-            let v = man as f32 * (1.0 / 16_777_216.0);
-            if sign == 0 { v } else { -v }
-        }
-        31 => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
-        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
-    }
 }
 
 /// Which 8-bit activation blocks a weight format multiplies with.
@@ -559,16 +533,6 @@ fn transpose(a: &[f32], n: usize, m: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn f16_decoding() {
-        assert_eq!(f16_to_f32(0x3c00), 1.0);
-        assert_eq!(f16_to_f32(0xc000), -2.0);
-        assert_eq!(f16_to_f32(0x7bff), 65504.0);
-        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
-        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
-        assert!(f16_to_f32(0x7e00).is_nan());
-    }
 
     /// Each engine kernel agrees with candle's dequantized weights times the dequantized
     /// 8-bit activations (only float rounding and Q8_1's f16 block sums differ).

@@ -1,6 +1,6 @@
 //! Dot products for the K-quants (Q4_K, Q5_K, Q6_K: super-blocks of 256 weights) against
 //! ggml's Q8_K activations, with the same runtime CPU-feature dispatch as
-//! [`crate::model::kernels`].
+//! [`crate::block`].
 //!
 //! Integer work is exact whatever order it runs in, so what has to follow llama.cpp is where
 //! the integer sums are turned into `f32` and how those are accumulated:
@@ -19,12 +19,13 @@
 //!
 //! The portable bodies are the fallback; on x86-64 with AVX2+FMA (detected at run time, [`Isa`])
 //! the same arithmetic runs as intrinsics in ggml's shape, which tests check bit for bit
-//! against the portable bodies with fused multiply-adds. Like [`crate::model::kernels`], this
+//! against the portable bodies with fused multiply-adds. Like [`crate::block`], this
 //! module allows `unsafe` only for the `#[target_feature]` calls (each guarded by the runtime
 //! detection stored in [`Isa::Avx2Fma`]) and the intrinsics' loads and stores.
 #![allow(unsafe_code)]
 
-use crate::model::kernels::Isa;
+use crate::Isa;
+use crate::block::hsum8;
 
 /// Elements per super-block.
 pub const QK_K: usize = 256;
@@ -76,7 +77,7 @@ pub struct BlockQ8K {
 }
 
 fn f16_at(b: &[u8], at: usize) -> f32 {
-    super::f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
+    crate::f16_to_f32(u16::from_le_bytes([b[at], b[at + 1]]))
 }
 
 /// ggml's `get_scale_min_k4` for all eight sub-blocks.
@@ -180,7 +181,7 @@ impl BlockQ8K {
         for (q, &v) in out.qs.iter_mut().zip(x) {
             // |iscale·v| ≤ 127 by construction (NaN maps to 0).
             #[allow(clippy::cast_possible_truncation)]
-            let r = super::round_small(iscale * v).min(127.0) as i8;
+            let r = crate::round_small(iscale * v).min(127.0) as i8;
             *q = r;
         }
         for (s, chunk) in out.bsums.iter_mut().zip(out.qs.chunks_exact(16)) {
@@ -617,13 +618,6 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA { a.mul_add(b, c) } else { a * b + c }
 }
 
-/// ggml's `hsum_float_8`.
-#[inline(always)]
-fn hsum8(l: [f32; 8]) -> f32 {
-    let r = [l[4] + l[0], l[5] + l[1], l[6] + l[2], l[7] + l[3]];
-    (r[0] + r[2]) + (r[1] + r[3])
-}
-
 /// `Σ x·y` over 32 elements into eight lanes of four.
 #[inline(always)]
 fn lanes32(x: &[u8; 32], y: &[i8]) -> [i32; 8] {
@@ -868,7 +862,7 @@ pub fn reference_dot(w: KRow<'_>, a: &[BlockQ8K]) -> f64 {
 mod tests {
     use super::*;
 
-    use crate::model::kernels::tests::Rng;
+    use crate::testing::Rng;
 
     fn raw_q4k(rng: &mut Rng) -> Vec<u8> {
         let mut b = Vec::with_capacity(BlockQ4K::BYTES);
@@ -921,10 +915,10 @@ mod tests {
             (-126.7, -127.0),
             (0.49999997, 0.0),
         ] {
-            assert_eq!(super::super::round_small(v), want, "{v}");
+            assert_eq!(crate::round_small(v), want, "{v}");
             assert_eq!(v.round_ties_even(), want, "{v}");
         }
-        assert!(super::super::round_small(f32::NAN).is_nan());
+        assert!(crate::round_small(f32::NAN).is_nan());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Block dot products for the 32-element formats, with runtime CPU-feature dispatch.
+//! Block dot products for the 32-element formats (Q4_0, Q4_1, Q5_0, Q8_0), with runtime
+//! CPU-feature dispatch.
 //!
 //! Each kernel is written once as portable Rust in the shape of ggml's x86 `ggml_vec_dot_*`
 //! kernels: per block, the 32 integer products are summed four at a time into eight `i32`
@@ -9,7 +10,7 @@
 //! the same arithmetic runs as explicit intrinsics ([`x86`]: `maddubs`, `madd`, `fmadd`, as in
 //! ggml), which a test checks bit for bit against the portable body with fused multiply-adds.
 //!
-//! This module and `quant::kquants` (the K-quants) are the only ones that allow `unsafe`:
+//! This module and [`crate::kquants`] are the only ones that allow `unsafe`:
 //! calling a `#[target_feature]` function is unsafe on Rust 1.85, and each such call is
 //! guarded by the runtime detection stored in [`Isa`], which can only be constructed as
 //! `Avx2Fma` when the CPU reports both features.
@@ -18,30 +19,7 @@
 /// Elements per block.
 pub const QK: usize = 32;
 
-/// Which compiled version of the kernels runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
-    /// Plain Rust for the target's baseline (SSE2 on x86-64), no fused multiply-add.
-    Portable,
-    /// AVX2 + FMA (x86-64), detected at run time.
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-}
-
-impl Isa {
-    /// The best version this CPU runs; `HEARTH_KERNELS=portable` forces the fallback.
-    pub fn detect() -> Self {
-        if std::env::var("HEARTH_KERNELS").is_ok_and(|v| v == "portable") {
-            return Isa::Portable;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Isa::Avx2Fma;
-        }
-        Isa::Portable
-    }
-}
+use crate::Isa;
 
 /// One weight row's blocks in the engine's layout, borrowed.
 #[derive(Clone, Copy)]
@@ -411,40 +389,9 @@ pub fn reference_dot(w: WeightRow<'_>, a: ActRow<'_>) -> f64 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// A small deterministic generator (xorshift), so failures reproduce; the engine's kernel
-    /// tests share it.
-    pub(crate) struct Rng(pub(crate) u64);
-    impl Rng {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        pub(crate) fn byte(&mut self) -> u8 {
-            self.next().to_le_bytes()[0]
-        }
-        /// Uniform in [-1, 1] in steps of 0.001.
-        #[allow(clippy::cast_precision_loss)]
-        pub(crate) fn unit(&mut self) -> f32 {
-            (self.next() % 2001) as f32 / 1000.0 - 1.0
-        }
-        /// A random f16 bit pattern of a finite value in about ±0.06.
-        pub(crate) fn f16(&mut self) -> [u8; 2] {
-            // Exponent 5..=10 (2^-10..2^-5), random sign and mantissa.
-            let exp = 5 + u16::from(self.byte()) % 6;
-            let bits = (u16::from(self.byte() & 1) << 15)
-                | (exp << 10)
-                | (u16::from_le_bytes([self.byte(), self.byte()]) & 0x3ff);
-            bits.to_le_bytes()
-        }
-        pub(crate) fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.byte()).collect()
-        }
-    }
+    use crate::testing::Rng;
 
     struct Data {
         d: Vec<f32>,
@@ -459,7 +406,7 @@ pub(crate) mod tests {
             d: (0..blocks).map(|_| rng.unit() * 0.1).collect(),
             m: (0..blocks).map(|_| rng.unit() * 0.5).collect(),
             #[allow(clippy::cast_possible_truncation)]
-            qh: (0..blocks).map(|_| rng.next() as u32).collect(),
+            qh: (0..blocks).map(|_| rng.next_u64() as u32).collect(),
             nib: (0..blocks)
                 .map(|_| std::array::from_fn(|_| rng.byte()))
                 .collect(),
@@ -467,7 +414,7 @@ pub(crate) mod tests {
                 .map(|_| {
                     std::array::from_fn(|_| {
                         #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
-                        let v = (rng.next() % 255) as i16 - 127;
+                        let v = (rng.next_u64() % 255) as i16 - 127;
                         #[allow(clippy::cast_possible_truncation)]
                         let v = v as i8;
                         v

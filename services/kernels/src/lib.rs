@@ -1,0 +1,85 @@
+//! Hearth's quantized dot-product kernels: the weight block formats llama.cpp writes (Q4_0,
+//! Q4_1, Q5_0, Q8_0 in [`block`]; Q4_K, Q5_K, Q6_K in [`kquants`]) multiplied with 8-bit
+//! activation blocks, with the arithmetic of ggml's CPU kernels so the engine's outputs match
+//! llama.cpp's.
+//!
+//! Owns: each kernel's portable body (the reference and the fallback), its SIMD versions
+//! (AVX2+FMA on x86-64), and the runtime choice between them ([`Isa`]). Every SIMD version is
+//! tested bit for bit against the portable body, and every kernel against a scalar reference
+//! on random data with odd sizes.
+//!
+//! Must never: read files, allocate per call in the hot loops, spawn threads, or depend on the
+//! model code (the engine owns layouts of whole matrices, threading and model structure). It
+//! has no dependencies, so it builds and its tests run quickly for every target, including
+//! aarch64 under qemu-user. Only [`block`] and [`kquants`] allow `unsafe`, for the
+//! `#[target_feature]` calls and the intrinsics.
+
+pub mod block;
+pub mod kquants;
+pub mod testing;
+
+/// Which compiled version of the kernels runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust for the target's baseline (SSE2 on x86-64), no fused multiply-add.
+    Portable,
+    /// AVX2 + FMA (x86-64), detected at run time.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+impl Isa {
+    /// The best version this CPU runs; `HEARTH_KERNELS=portable` forces the fallback.
+    pub fn detect() -> Self {
+        if std::env::var("HEARTH_KERNELS").is_ok_and(|v| v == "portable") {
+            return Isa::Portable;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2Fma;
+        }
+        Isa::Portable
+    }
+}
+
+/// Rounds to nearest, ties to even, for `|v| ≤ 2^22` (and NaN to NaN) the way ggml's
+/// `nearest_int` does: adding and subtracting 1.5·2^23 leaves the integer part. Inline, where
+/// `f32::round_ties_even` is a call to libm's `rintf` on baseline x86-64.
+#[inline(always)]
+pub fn round_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
+/// f16 bits to f32.
+pub fn f16_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    let exp = u32::from((h >> 10) & 0x1f);
+    let man = u32::from(h & 0x3ff);
+    match exp {
+        0 => {
+            // Zero or subnormal: man * 2^-24.
+            #[allow(clippy::cast_precision_loss)]
+            let v = man as f32 * (1.0 / 16_777_216.0);
+            if sign == 0 { v } else { -v }
+        }
+        31 => f32::from_bits(sign | 0x7f80_0000 | (man << 13)),
+        _ => f32::from_bits(sign | ((exp + 112) << 23) | (man << 13)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_decoding() {
+        assert_eq!(f16_to_f32(0x3c00), 1.0);
+        assert_eq!(f16_to_f32(0xc000), -2.0);
+        assert_eq!(f16_to_f32(0x7bff), 65504.0);
+        assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
+        assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
+        assert!(f16_to_f32(0x7e00).is_nan());
+    }
+}
