@@ -41,6 +41,15 @@ pub enum EngineError {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The configured KV cache type cannot hold this model's attention heads.
+    #[error(
+        "{path}: a {kv_cache} KV cache needs a head size that is a multiple of 32; this model's is {head_dim}"
+    )]
+    UnsupportedKvCache {
+        path: PathBuf,
+        kv_cache: crate::KvCacheType,
+        head_dim: usize,
+    },
     /// The engine's worker threads could not be started.
     #[error("cannot start {threads} engine threads: {reason}")]
     Threads { threads: usize, reason: String },

@@ -261,6 +261,112 @@ fn soft_max_body(x: &mut [f32], max: f32) -> f64 {
     sum
 }
 
+dispatch!(
+    /// ggml's `ggml_vec_mad_f32`: `acc = fma(v, w, acc)` elementwise, in f32 (the q8_0 cache's
+    /// value accumulation, after `dequantize_row_q8_0`).
+    fn mad_f32 / mad_f32_fast = mad_f32_body(acc: &mut [f32], values: &[f32], w: f32) -> ()
+);
+
+#[inline(always)]
+fn mad_f32_body(acc: &mut [f32], values: &[f32], w: f32) {
+    for (a, &v) in acc.iter_mut().zip(values) {
+        *a = v.mul_add(w, *a);
+    }
+}
+
+/// Whether this CPU has F16C (8-lane f16 ⇄ f32 conversion instructions).
+fn f16c() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("f16c")
+                && std::arch::is_x86_feature_detected!("avx")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Widens f16 bit patterns to f32 (`dst.len()` values; exact). With F16C eight at a time
+/// (`vcvtph2ps`, as ggml's `GGML_CPU_FP16_TO_FP32` on x86), otherwise one by one.
+pub fn f16_to_f32_slice(src: &[u16], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c() {
+        // SAFETY: the CPU has F16C and AVX (checked at run time just above).
+        return unsafe { f16c::to_f32(src, dst) };
+    }
+    for (d, &h) in dst.iter_mut().zip(src) {
+        *d = hearth_kernels::f16_to_f32(h);
+    }
+}
+
+/// Rounds f32 values to f16 bit patterns, to nearest with ties to even (overflow to
+/// infinity), as `round_to_f16` does. With F16C eight at a time (`vcvtps2ph`), otherwise one
+/// by one.
+pub fn f32_to_f16_slice(src: &[f32], dst: &mut [u16]) {
+    #[cfg(target_arch = "x86_64")]
+    if f16c() {
+        // SAFETY: the CPU has F16C and AVX (checked at run time just above).
+        return unsafe { f16c::from_f32(src, dst) };
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = super::ops::f16_bits(x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
+#[allow(unused_unsafe)]
+mod f16c {
+    use std::arch::x86_64::{
+        _MM_FROUND_TO_NEAREST_INT, _mm_loadu_si128, _mm_storeu_si128, _mm256_cvtph_ps,
+        _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_storeu_ps,
+    };
+
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn to_f32(src: &[u16], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let whole = n & !7;
+        for (s, d) in src[..whole]
+            .chunks_exact(8)
+            .zip(dst[..whole].chunks_exact_mut(8))
+        {
+            // SAFETY: `s` is 8 readable u16 (16 bytes), `d` 8 writable f32; unaligned is fine.
+            unsafe {
+                _mm256_storeu_ps(
+                    d.as_mut_ptr(),
+                    _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast())),
+                )
+            };
+        }
+        for (d, &h) in dst[whole..n].iter_mut().zip(&src[whole..n]) {
+            *d = hearth_kernels::f16_to_f32(h);
+        }
+    }
+
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn from_f32(src: &[f32], dst: &mut [u16]) {
+        let n = src.len().min(dst.len());
+        let whole = n & !7;
+        for (s, d) in src[..whole]
+            .chunks_exact(8)
+            .zip(dst[..whole].chunks_exact_mut(8))
+        {
+            // SAFETY: `s` is 8 readable f32, `d` 8 writable u16 (16 bytes); unaligned is fine.
+            unsafe {
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(s.as_ptr()));
+                _mm_storeu_si128(d.as_mut_ptr().cast(), h);
+            }
+        }
+        for (d, &x) in dst[whole..n].iter_mut().zip(&src[whole..n]) {
+            *d = super::super::ops::f16_bits(x);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +445,59 @@ mod tests {
             accumulate_values(&x, &values, &mut a);
             accumulate_values_body(&x, &values, &mut b);
             assert_eq!(a, b);
+            let (mut a, mut b) = (y.clone(), y.clone());
+            mad_f32(&mut a, &x, 0.37);
+            mad_f32_body(&mut b, &x, 0.37);
+            assert_eq!(a, b);
+        }
+    }
+
+    /// The F16C conversions agree with the one-by-one ones: every f16 value widened, and
+    /// f32 values around every f16 rounding boundary (ties included) narrowed.
+    #[test]
+    fn f16_slices_convert_as_one_by_one() {
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let mut wide = vec![0f32; all.len()];
+        f16_to_f32_slice(&all, &mut wide);
+        for (&h, &w) in all.iter().zip(&wide) {
+            let want = hearth_kernels::f16_to_f32(h);
+            assert!(
+                w.to_bits() == want.to_bits() || (w.is_nan() && want.is_nan()),
+                "{h:#x}"
+            );
+        }
+        // Each finite f16 value, the midpoints to its neighbour and a nudge either side.
+        let mut xs: Vec<f32> = Vec::new();
+        for (&a, &b) in wide.iter().zip(&wide[1..]) {
+            if a.is_finite() && b.is_finite() && a.signum() == b.signum() {
+                let mid = ((f64::from(a) + f64::from(b)) / 2.0) as f32;
+                xs.extend([
+                    a,
+                    mid,
+                    f32::from_bits(mid.to_bits() + 1),
+                    f32::from_bits(mid.to_bits() - 1),
+                ]);
+            }
+        }
+        xs.extend([
+            65_519.0,
+            65_520.0,
+            -65_520.0,
+            1e9,
+            -1e-9,
+            0.0,
+            -0.0,
+            f32::INFINITY,
+        ]);
+        let mut narrow = vec![0u16; xs.len()];
+        f32_to_f16_slice(&xs, &mut narrow);
+        for (&x, &h) in xs.iter().zip(&narrow) {
+            assert_eq!(h, super::super::ops::f16_bits(x), "{x:e}");
+            assert_eq!(
+                hearth_kernels::f16_to_f32(h).to_bits(),
+                super::super::ops::round_to_f16(x).to_bits(),
+                "{x:e}"
+            );
         }
     }
 }

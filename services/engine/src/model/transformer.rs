@@ -12,7 +12,7 @@ use super::ops::{self, AttnShape, KvCache, RopeTable};
 use super::quant::{QMatrix, matmul_shared};
 use super::{FfnActivation, Forward, HParams};
 use crate::gguf::{GgufModelFile, TensorReader};
-use crate::{EngineConfig, EngineError, Result};
+use crate::{EngineConfig, EngineError, KvCacheType, Result};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -160,6 +160,13 @@ impl Transformer {
             hp.n_head_kv,
             hp.context_length
         );
+        if config.kv_cache == KvCacheType::Q8_0 && hp.head_dim % 32 != 0 {
+            return Err(EngineError::UnsupportedKvCache {
+                path: file.path.clone(),
+                kv_cache: config.kv_cache,
+                head_dim: hp.head_dim,
+            });
+        }
         let threads = config.threads.unwrap_or_else(available_threads).max(1);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -176,7 +183,9 @@ impl Transformer {
                 .sliding_window
                 .as_ref()
                 .map(|w| RopeTable::new(hp.n_rot, w.rope_freq_base, 1.0)),
-            cache: (0..hp.n_layer).map(|_| KvCache::default()).collect(),
+            cache: (0..hp.n_layer)
+                .map(|_| KvCache::new(config.kv_cache, kv_dim, max_positions))
+                .collect(),
             cached: 0,
             max_positions,
             vocab,
@@ -232,9 +241,8 @@ fn take<const N: usize>(v: Vec<Vec<f32>>) -> Result<[Vec<f32>; N]> {
 impl Transformer {
     /// Drops every cached position from `len` on.
     fn truncate_cache(&mut self, len: usize) {
-        let kv_dim = self.hp.n_head_kv * self.hp.head_dim;
         for c in &mut self.cache {
-            c.truncate(len, kv_dim);
+            c.truncate(len);
         }
         self.cached = self.cached.min(len);
     }
