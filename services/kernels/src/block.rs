@@ -62,6 +62,32 @@ pub fn dot_rows(isa: Isa, w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]
     }
 }
 
+/// Each of `rows` (weight rows with the same block count) times one activation row, into
+/// `out` (one value per weight row): the same results as [`dot_rows`] row by row. For decode,
+/// where the weight rows are the only data reused: the SIMD versions run several rows at once,
+/// each with its own accumulator, so their multiply-add chains overlap instead of waiting on one
+/// another.
+pub fn dot_many_rows(isa: Isa, rows: &[WeightRow<'_>], act: ActRow<'_>, out: &mut [f32]) {
+    assert_eq!(rows.len(), out.len(), "one output per weight row");
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot_rows`.
+        Isa::Avx2Fma => unsafe { dot_many_rows_avx2(rows, act, out) },
+        _ => {
+            for (w, o) in rows.iter().zip(out.iter_mut()) {
+                dot_rows(isa, *w, std::slice::from_ref(&act), std::slice::from_mut(o));
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_many_rows_avx2(rows: &[WeightRow<'_>], act: ActRow<'_>, out: &mut [f32]) {
+    // SAFETY: this function only runs where AVX2 and FMA are available (see `dot_many_rows`).
+    unsafe { x86::dot_many_rows(rows, act, out) }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
@@ -248,6 +274,135 @@ pub(crate) mod x86 {
                 let mut l = [0f32; 8];
                 _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
                 out[r] = hsum8(l) + summs[r];
+            }
+        }
+    }
+
+    /// Weight rows taken together by [`dot_many_rows`].
+    const WIDE: usize = 8;
+
+    /// The arrays of `w` as a [`Row`].
+    fn row_of<'a>(w: &WeightRow<'a>) -> Row<'a> {
+        let mut row = Row {
+            d: &[],
+            m: &[],
+            nib: &[],
+            qh: &[],
+            q8: &[],
+        };
+        match *w {
+            WeightRow::Q4_0 { d, qs } => (row.d, row.nib) = (d, qs),
+            WeightRow::Q4_1 { d, m, qs } => (row.d, row.m, row.nib) = (d, m, qs),
+            WeightRow::Q5_0 { d, qh, qs } => (row.d, row.qh, row.nib) = (d, qh, qs),
+            WeightRow::Q8_0 { d, qs } => (row.d, row.q8) = (d, qs),
+        }
+        row
+    }
+
+    /// See [`super::dot_many_rows`]: groups of [`WIDE`] weight rows of one format, the rest
+    /// (and mixed formats) one by one through [`dot_rows`].
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_many_rows(rows: &[WeightRow<'_>], act: ActRow<'_>, out: &mut [f32]) {
+        let mut groups = rows.chunks_exact(WIDE);
+        let mut outs = out.chunks_exact_mut(WIDE);
+        for (g, o) in (&mut groups).zip(&mut outs) {
+            let r: [Row<'_>; WIDE] = std::array::from_fn(|i| row_of(&g[i]));
+            let same = |f: fn(&WeightRow<'_>) -> bool| g.iter().all(f);
+            // SAFETY (all calls): AVX2 and FMA are available (this function's requirement).
+            unsafe {
+                if same(|w| matches!(w, WeightRow::Q4_0 { .. })) {
+                    dot_wide::<WIDE, Q4_0>(&r, &act, o);
+                } else if same(|w| matches!(w, WeightRow::Q4_1 { .. })) {
+                    dot_wide::<WIDE, Q4_1>(&r, &act, o);
+                } else if same(|w| matches!(w, WeightRow::Q5_0 { .. })) {
+                    dot_wide::<WIDE, Q5_0>(&r, &act, o);
+                } else if same(|w| matches!(w, WeightRow::Q8_0 { .. })) {
+                    dot_wide::<WIDE, Q8_0>(&r, &act, o);
+                } else {
+                    for (w, o) in g.iter().zip(o.iter_mut()) {
+                        dot_rows(*w, std::slice::from_ref(&act), std::slice::from_mut(o));
+                    }
+                }
+            }
+        }
+        for (w, o) in groups.remainder().iter().zip(outs.into_remainder()) {
+            // SAFETY: as above.
+            unsafe { dot_rows(*w, std::slice::from_ref(&act), std::slice::from_mut(o)) };
+        }
+    }
+
+    /// `W` weight rows of format `F` against one activation row, each row with its own
+    /// accumulator and the arithmetic of [`dot_group`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_wide<const W: usize, const F: u8>(
+        rows: &[Row<'_>; W],
+        a: &ActRow<'_>,
+        out: &mut [f32],
+    ) {
+        let unsigned = F == Q4_1;
+        let nb = a.d.len();
+        assert!(out.len() == W && a.qs.len() >= nb && (!unsigned || a.s.len() >= nb));
+        // `block::<F>` and the scale reads below index every row's arrays up to `nb`.
+        for w in rows {
+            assert!(w.d.len() == nb && (!unsigned || w.m.len() >= nb));
+            match F {
+                Q8_0 => assert!(w.q8.len() >= nb),
+                Q5_0 => assert!(w.nib.len() >= nb && w.qh.len() >= nb),
+                _ => assert!(w.nib.len() >= nb),
+            }
+        }
+        // SAFETY: every index below is `< nb`, checked above for each array read.
+        unsafe {
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); W];
+            let mut summs = [0f32; W];
+            for b in 0..nb {
+                let y = _mm256_loadu_si256(a.qs.get_unchecked(b).as_ptr().cast());
+                let dy = *a.d.get_unchecked(b);
+                for r in 0..W {
+                    let w = &rows[r];
+                    let x = block_unchecked::<F>(w, b);
+                    let (ax, sy) = if unsigned {
+                        (x, y)
+                    } else {
+                        (_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+                    };
+                    let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                    let dd = _mm256_set1_ps(*w.d.get_unchecked(b) * dy);
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
+                    if unsigned {
+                        summs[r] += *w.m.get_unchecked(b) * *a.s.get_unchecked(b);
+                    }
+                }
+            }
+            for r in 0..W {
+                let mut l = [0f32; 8];
+                _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
+                out[r] = hsum8(l) + summs[r];
+            }
+        }
+    }
+
+    /// [`block`] without bounds checks, for [`dot_wide`], which checks them once per row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_unchecked<const F: u8>(w: &Row<'_>, b: usize) -> __m256i {
+        // SAFETY: the caller checked `b` against the format's arrays; each load reads one
+        // whole block array of 16 or 32 bytes.
+        unsafe {
+            match F {
+                Q4_0 => _mm256_sub_epi8(nibbles(w.nib.get_unchecked(b)), _mm256_set1_epi8(8)),
+                Q4_1 => nibbles(w.nib.get_unchecked(b)),
+                Q5_0 => {
+                    let high =
+                        _mm256_and_si256(bits_32(*w.qh.get_unchecked(b)), _mm256_set1_epi8(0x10));
+                    _mm256_sub_epi8(
+                        _mm256_or_si256(nibbles(w.nib.get_unchecked(b)), high),
+                        _mm256_set1_epi8(16),
+                    )
+                }
+                _ => _mm256_loadu_si256(w.q8.get_unchecked(b).as_ptr().cast()),
             }
         }
     }
@@ -558,6 +713,62 @@ mod tests {
         }
         for r in &results {
             assert!((r - results[0]).abs() <= 1e-4 * results[0].abs().max(1.0));
+        }
+    }
+
+    /// `dot_many_rows` gives, bit for bit, what `dot_rows` gives row by row, for every
+    /// compiled version: full groups, a remainder, and a group of mixed formats.
+    #[test]
+    fn many_rows_equal_row_by_row() {
+        let mut rng = Rng(0x5eed_0001);
+        for blocks in [1usize, 7, 18] {
+            let ws: Vec<Data> = (0..19).map(|_| data(&mut rng, blocks)).collect();
+            let a = data(&mut rng, blocks);
+            let act = ActRow {
+                d: &a.d,
+                s: &a.m,
+                qs: &a.q8,
+            };
+            fn as_format(f: usize, w: &Data) -> WeightRow<'_> {
+                match f {
+                    0 => WeightRow::Q4_0 {
+                        d: &w.d,
+                        qs: &w.nib,
+                    },
+                    1 => WeightRow::Q4_1 {
+                        d: &w.d,
+                        m: &w.m,
+                        qs: &w.nib,
+                    },
+                    2 => WeightRow::Q5_0 {
+                        d: &w.d,
+                        qh: &w.qh,
+                        qs: &w.nib,
+                    },
+                    _ => WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
+                }
+            }
+            // Formats 0..4 alone, then all four mixed row by row.
+            for f in 0..5 {
+                let rows: Vec<WeightRow<'_>> = ws
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| as_format(if f == 4 { i % 4 } else { f }, w))
+                    .collect();
+                for isa in isas() {
+                    let mut want = vec![0f32; rows.len()];
+                    for (w, o) in rows.iter().zip(want.iter_mut()) {
+                        dot_rows(isa, *w, &[act], std::slice::from_mut(o));
+                    }
+                    let mut got = vec![f32::NAN; rows.len()];
+                    dot_many_rows(isa, &rows, act, &mut got);
+                    assert_eq!(
+                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "format {f} {isa:?} blocks {blocks}"
+                    );
+                }
+            }
         }
     }
 }

@@ -44,6 +44,7 @@ use crate::{EngineConfig, EngineError, Result};
 mod embeddings;
 mod ggml_math;
 mod ops;
+mod pool;
 mod quant;
 mod transformer;
 

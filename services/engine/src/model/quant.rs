@@ -8,13 +8,12 @@
 //! rounds the block sum through f16 twice (ggml rounds `d * Σq` once), and its Q4_1 and
 //! Q5_0 kernels are scalar, so these formats do not go through candle. The K-quants (Q4_K,
 //! Q5_K, Q6_K) multiply ggml's Q8_K activations (256-element blocks, f32 scale, i16 sums of
-//! 16) in [`kquants`], also the engine's own.
+//! 16) with `hearth_kernels::kquants`, also Hearth's own.
 //!
 //! Work is split in chunks of weight rows between the calling thread and `threads - 1`
-//! helpers from the engine's own thread pool (a `rayon` pool the model owns, sized by
-//! `EngineConfig::threads`; idle workers sleep instead of spinning), all taking chunks off
-//! one counter; one call can run several matrices that share an input (q/k/v, gate/up),
-//! quantizing that input once. Only formats without engine kernels (float matrices, Q2_K,
+//! workers of the engine's own [`Pool`] (sized by `EngineConfig::threads`; workers spin
+//! briefly between products, then park), all taking chunks off one counter; one call can run
+//! several matrices that share an input (q/k/v, gate/up), quantizing that input once. Only formats without engine kernels (float matrices, Q2_K,
 //! Q3_K...) still go through candle's `QMatMul` and its own threads.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -22,11 +21,12 @@ use std::sync::{Mutex, OnceLock};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use hearth_kernels::block::{ActRow, QK, WeightRow, dot_rows};
+use hearth_kernels::block::{ActRow, QK, WeightRow, dot_many_rows, dot_rows};
 use hearth_kernels::kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, QK_K, dot_rows_k};
 use hearth_kernels::{Isa, f16_to_f32, round_small};
 
 use super::ops::round_to_f16;
+use super::pool::Pool;
 use crate::Result;
 
 /// The kernels this CPU runs, detected once.
@@ -374,7 +374,7 @@ impl QMatrix {
     }
 
     /// `x` (`m` rows of `k`) times this matrix transposed: `m` rows of `n`, row-major.
-    pub fn matmul(&self, pool: &rayon::ThreadPool, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    pub fn matmul(&self, pool: &Pool, x: &[f32], m: usize) -> Result<Vec<f32>> {
         let mut out = matmul_shared(pool, &[self], x, m)?;
         Ok(out.pop().unwrap_or_default())
     }
@@ -382,6 +382,18 @@ impl QMatrix {
 
 /// Output rows per work item.
 const CHUNK_ROWS: usize = 16;
+
+/// Weight rows per work item. For one activation row (decode) each thread gets one
+/// contiguous share of the rows, as ggml splits a matrix-vector product, so each streams one
+/// sequential run of memory that the hardware prefetcher follows; with more rows, chunks of
+/// [`CHUNK_ROWS`] balance the load.
+fn chunk_rows(n: usize, m: usize, threads: usize) -> usize {
+    if m == 1 {
+        n.div_ceil(threads.max(1)).next_multiple_of(8).max(CHUNK_ROWS)
+    } else {
+        CHUNK_ROWS
+    }
+}
 
 /// What one work item multiplies.
 #[derive(Clone, Copy)]
@@ -401,6 +413,14 @@ struct Work<'a> {
 impl Work<'_> {
     fn run(&self, isa: Isa, m: usize) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Src::Blocks(blocks, [act]), 1) = (self.src, m) {
+            // Decode: the chunk's rows go through the kernel together.
+            let rows: Vec<WeightRow<'_>> = (0..out.len())
+                .map(|r| blocks.row(self.first_row + r, self.k / QK))
+                .collect();
+            dot_many_rows(isa, &rows, *act, &mut out);
+            return;
+        }
         for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
             match self.src {
                 Src::Blocks(blocks, acts) => {
@@ -419,7 +439,7 @@ impl Work<'_> {
 /// Multiplies the same input `x` (`m` rows) by each of `mats` (all with the same `k`),
 /// quantizing `x` once per activation format and running all products in one parallel region.
 pub fn matmul_shared(
-    pool: &rayon::ThreadPool,
+    pool: &Pool,
     mats: &[&QMatrix],
     x: &[f32],
     m: usize,
@@ -463,38 +483,26 @@ pub fn matmul_shared(
             Kernel::K(blocks) if rows_8_k.len() == m => Src::K(blocks, &rows_8_k),
             _ => continue,
         };
-        for (c, chunk) in out.chunks_mut(CHUNK_ROWS * m).enumerate() {
+        let rows_per_chunk = chunk_rows(w.n, m, pool.threads());
+        for (c, chunk) in out.chunks_mut(rows_per_chunk * m).enumerate() {
             work.push(Work {
                 src,
                 k: w.k,
-                first_row: c * CHUNK_ROWS,
+                first_row: c * rows_per_chunk,
                 out: Mutex::new(chunk),
             });
         }
     }
     let isa = isa();
-    // The calling thread works too: it and `threads - 1` helpers from the pool take chunks
-    // off one counter. (With `pool.install` the caller slept while the pool worked, and every
-    // product paid for waking it again; with two cores, three threads also competed for them.)
-    let helpers = pool.current_num_threads().min(work.len()).saturating_sub(1);
     let next = AtomicUsize::new(0);
-    let take_chunks = || {
+    // Every thread (the caller included) takes chunks off one counter.
+    pool.run(&|_| {
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(item) = work.get(i) else { break };
             item.run(isa, m);
         }
-    };
-    if helpers == 0 {
-        take_chunks();
-    } else {
-        pool.in_place_scope(|s| {
-            for _ in 0..helpers {
-                s.spawn(|_| take_chunks());
-            }
-            take_chunks();
-        });
-    }
+    });
     drop(work);
 
     let mut results = Vec::with_capacity(mats.len());
@@ -577,10 +585,7 @@ mod tests {
                 .zip(&acts.qs)
                 .flat_map(|(&d, q)| q.iter().map(move |&v| f32::from(v) * d))
                 .collect();
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(2)
-                .build()
-                .unwrap();
+            let pool = Pool::new(2).unwrap();
             let got = mat.matmul(&pool, &x, m).unwrap();
             assert_products(&got, &deq, &xq, 2e-3, &format!("{dtype:?}"));
         }
@@ -610,10 +615,7 @@ mod tests {
     #[test]
     fn k_quants_match_dequantized_products() {
         let k = 512;
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = Pool::new(2).unwrap();
         for (n, m) in [(24usize, 1usize), (37, 5)] {
             #[allow(clippy::cast_precision_loss)]
             let w: Vec<f32> = (0..n * k)

@@ -9,6 +9,7 @@ use candle_core::quantized::QTensor;
 
 use super::embeddings::EmbeddingRows;
 use super::ops::{self, AttnShape, KvCache, RopeTable};
+use super::pool::Pool;
 use super::quant::{QMatrix, matmul_shared};
 use super::{FfnActivation, Forward, HParams};
 use crate::gguf::{GgufModelFile, TensorReader};
@@ -56,7 +57,7 @@ pub struct Transformer {
     /// Most positions a sequence may reach (the model's context, capped by the config).
     max_positions: usize,
     /// The engine's own worker threads for the matrix products (not candle's pool).
-    pool: rayon::ThreadPool,
+    pool: Pool,
 }
 
 /// Loads tensors and checks their shapes against the hyperparameters.
@@ -168,11 +169,7 @@ impl Transformer {
             });
         }
         let threads = config.threads.unwrap_or_else(available_threads).max(1);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("hearth-matmul-{i}"))
-            .build()
-            .map_err(|e| EngineError::Threads {
+        let pool = Pool::new(threads).map_err(|e| EngineError::Threads {
                 threads,
                 reason: e.to_string(),
             })?;
