@@ -23,6 +23,10 @@ pub struct Config {
     pub inference_worker: Option<PathBuf>,
     /// Cap on each model's context length in tokens (prompt + answer). Default: the model's own.
     pub max_context: Option<usize>,
+    /// How the inference worker's KV cache stores keys and values: `"f16"` (default, what
+    /// llama.cpp uses and the golden tests pin down) or `"q8_0"` (about half the memory per
+    /// token of context, slightly different answers). The fit checks size the cache by it.
+    pub kv_cache: hearth_engine::KvCacheType,
     /// Requests that may wait per model before new ones get 429.
     pub queue_depth: usize,
     /// Threads the inference worker uses for model math. Default: the cores this process may
@@ -83,6 +87,7 @@ impl Default for Config {
             models: Vec::new(),
             inference_worker: None,
             max_context: None,
+            kv_cache: hearth_engine::KvCacheType::F16,
             queue_depth: 8,
             inference_threads: None,
             max_body_bytes: 1024 * 1024,
@@ -177,6 +182,12 @@ mod tests {
         let c = Config::from_file(&path).unwrap();
         assert_eq!(c.listen.port(), 80);
         assert_eq!(c.max_context, Some(512));
+        assert_eq!(c.kv_cache, hearth_engine::KvCacheType::F16);
+        std::fs::write(&path, "kv_cache = \"q8_0\"\n").unwrap();
+        let c = Config::from_file(&path).unwrap();
+        assert_eq!(c.kv_cache, hearth_engine::KvCacheType::Q8_0);
+        std::fs::write(&path, "kv_cache = \"q4_0\"\n").unwrap();
+        assert!(Config::from_file(&path).is_err());
         std::fs::write(&path, "lisen = \"0.0.0.0:80\"\n").unwrap();
         let err = Config::from_file(&path).unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");

@@ -213,6 +213,8 @@ pub struct WorkerCommand {
     /// The models to load, as (id, path); each start uses the latest list.
     pub models: watch::Receiver<ModelList>,
     pub max_context: Option<usize>,
+    /// The worker's KV cache type (`--kv-cache`).
+    pub kv_cache: hearth_engine::KvCacheType,
     pub queue_depth: usize,
     /// Threads for model math; `None` lets the worker use the cores it may run on.
     pub threads: Option<usize>,
@@ -260,6 +262,7 @@ pub async fn supervise(
         if let Some(max) = command.max_context {
             cmd.arg("--max-context").arg(max.to_string());
         }
+        cmd.arg("--kv-cache").arg(command.kv_cache.to_string());
         let models = command.models.borrow().clone();
         for (id, path) in &models {
             let mut arg = std::ffi::OsString::from(format!("{id}="));

@@ -74,16 +74,13 @@ impl ModelFacts {
         })
     }
 
-    /// Bytes the model needs in memory: its weights plus an f16 KV cache for `context`
-    /// tokens (2 tensors × layers × context × KV heads × head size × 2 bytes).
-    pub fn needs_bytes(&self, context: u64) -> u64 {
-        let kv = 2u64
-            .saturating_mul(self.n_layer)
-            .saturating_mul(context)
-            .saturating_mul(self.n_kv_head)
-            .saturating_mul(self.head_dim)
-            .saturating_mul(2);
-        self.file_size.saturating_add(kv)
+    /// Bytes the model needs in memory: its weights plus a KV cache of type `kv` for
+    /// `context` tokens (2 tensors × layers × context × the bytes of KV heads × head size
+    /// values: 2 each in f16, 34 per 32 in q8_0).
+    pub fn needs_bytes(&self, context: u64, kv: hearth_engine::KvCacheType) -> u64 {
+        let kv_dim = self.n_kv_head.saturating_mul(self.head_dim);
+        let cache = kv.cache_bytes(self.n_layer, context, kv_dim);
+        self.file_size.saturating_add(cache)
     }
 }
 

@@ -59,6 +59,8 @@ pub struct StoreConfig {
     /// The configured context cap; the fit check sizes the KV cache for
     /// `min(max_context, model's context)`.
     pub max_context: Option<u64>,
+    /// The inference worker's KV cache type, which sizes the cache in the fit check.
+    pub kv_cache: hearth_engine::KvCacheType,
     /// Where "memory available to the inference service" comes from.
     pub memory: MemorySource,
     /// Bytes of disk always left free (for the database and logs).
@@ -311,7 +313,7 @@ impl Store {
             .config
             .max_context
             .map_or(facts.context_length, |cap| cap.min(facts.context_length));
-        facts.needs_bytes(ctx)
+        facts.needs_bytes(ctx, self.inner.config.kv_cache)
     }
 
     /// (free, total) bytes of the disk holding the store.

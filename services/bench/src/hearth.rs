@@ -74,6 +74,7 @@ pub fn measure(
     threads: usize,
     prompt_len: usize,
     gen_len: usize,
+    kv_cache: hearth_engine::KvCacheType,
 ) -> Result<HearthSample> {
     let t0 = Instant::now();
     let file = GgufModelFile::open(model_path)?;
@@ -81,6 +82,7 @@ pub fn measure(
     let config = EngineConfig {
         max_context: Some(prompt_len + gen_len + 1),
         threads: Some(threads),
+        kv_cache,
     };
     let mut forward = model::load(&file, &config)?;
     let load_s = t0.elapsed().as_secs_f64();

@@ -39,6 +39,8 @@ pub struct BenchOptions {
     pub reps: usize,
     pub prompt: usize,
     pub gen_len: usize,
+    /// KV cache type of both engines.
+    pub kv_cache: hearth_engine::KvCacheType,
     /// Skip llama.cpp entirely.
     pub hearth_only: bool,
     /// A llama-bench binary to use instead of building one.
@@ -78,7 +80,7 @@ pub fn run(opts: &BenchOptions) -> Result<Vec<ModelReport>> {
             }
             if let Some(lb) = &llama_bench {
                 r.loads.extend(proc::load_average());
-                match llama::measure(lb, model, opts.threads, opts.prompt, opts.gen_len) {
+                match llama::measure(lb, model, opts) {
                     Ok(s) => r.llama.push(s),
                     Err(e) => {
                         eprintln!("bench: llama.cpp: {e}");
@@ -106,6 +108,7 @@ fn measure_hearth_child(model: &Path, opts: &BenchOptions) -> Result<hearth::Hea
         .args(["--threads", &opts.threads.to_string()])
         .args(["--prompt", &opts.prompt.to_string()])
         .args(["--gen", &opts.gen_len.to_string()])
+        .args(["--kv-cache", &opts.kv_cache.to_string()])
         // candle's pool (still used for some formats) sizes itself from this.
         .env("RAYON_NUM_THREADS", opts.threads.to_string())
         .env("RUST_BACKTRACE", "0");
@@ -120,8 +123,14 @@ fn measure_hearth_child(model: &Path, opts: &BenchOptions) -> Result<hearth::Hea
 }
 
 /// The child side: measure in this process and print one JSON line.
-pub fn run_child(model: &Path, threads: usize, prompt: usize, gen_len: usize) -> Result<String> {
-    let sample = hearth::measure(model, threads, prompt, gen_len)?;
+pub fn run_child(
+    model: &Path,
+    threads: usize,
+    prompt: usize,
+    gen_len: usize,
+    kv_cache: hearth_engine::KvCacheType,
+) -> Result<String> {
+    let sample = hearth::measure(model, threads, prompt, gen_len, kv_cache)?;
     serde_json::to_string(&sample).map_err(|e| BenchError::BadOutput {
         program: PathBuf::from("hearth-bench --child"),
         reason: e.to_string(),

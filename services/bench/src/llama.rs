@@ -62,15 +62,20 @@ struct TestResult {
 }
 
 /// One llama-bench repetition: a `prompt`-token prefill, and `gen` decode steps after a
-/// `prompt`-token context (`-d`), on `threads` threads.
+/// `prompt`-token context (`-d`), on `threads` threads, with the options' KV cache type.
 pub fn measure(
     llama_bench: &Path,
     model: &Path,
-    threads: usize,
-    prompt: usize,
-    gen_len: usize,
+    opts: &crate::BenchOptions,
 ) -> Result<LlamaSample> {
+    let (threads, prompt, gen_len, kv_cache) =
+        (opts.threads, opts.prompt, opts.gen_len, opts.kv_cache);
     let mut cmd = Command::new(llama_bench);
+    if kv_cache != hearth_engine::KvCacheType::F16 {
+        // A quantized V cache needs flash attention (on by default on CPU; explicit here).
+        let t = kv_cache.to_string();
+        cmd.args(["-ctk", &t, "-ctv", &t, "-fa", "1"]);
+    }
     cmd.arg("-m")
         .arg(model)
         .args(["-t", &threads.to_string()])

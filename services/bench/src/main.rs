@@ -23,6 +23,9 @@ struct Args {
     /// Decode steps.
     #[arg(long = "gen", default_value_t = 64)]
     gen_len: usize,
+    /// KV cache type for both engines: f16 (default) or q8_0 (llama-bench gets `-ctk`/`-ctv`).
+    #[arg(long, default_value_t = hearth_engine::KvCacheType::F16)]
+    kv_cache: hearth_engine::KvCacheType,
     /// Measure Hearth only (no llama.cpp build needed).
     #[arg(long)]
     hearth_only: bool,
@@ -49,7 +52,7 @@ fn main() -> Result<()> {
             .ok_or_else(|| anyhow::anyhow!("no model"))?;
         println!(
             "{}",
-            hearth_bench::run_child(model, threads, args.prompt, args.gen_len)?
+            hearth_bench::run_child(model, threads, args.prompt, args.gen_len, args.kv_cache)?
         );
         return Ok(());
     }
@@ -59,6 +62,7 @@ fn main() -> Result<()> {
         reps: args.reps,
         prompt: args.prompt,
         gen_len: args.gen_len,
+        kv_cache: args.kv_cache,
         hearth_only: args.hearth_only,
         llama_bench: args.llama_bench,
     };

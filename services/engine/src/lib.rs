@@ -188,3 +188,26 @@ impl LoadedModel {
         self.tokenizer.encode(prompt, add_bos, true)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KvCacheType;
+
+    #[test]
+    fn kv_cache_types_parse_print_and_size() {
+        for t in [KvCacheType::F16, KvCacheType::Q8_0] {
+            assert_eq!(t.to_string().parse::<KvCacheType>(), Ok(t));
+        }
+        assert!(
+            "q4_0"
+                .parse::<KvCacheType>()
+                .unwrap_err()
+                .contains("f16, q8_0")
+        );
+        // SmolLM2-135M: 30 layers, 3 KV heads of 64, at 8192 positions.
+        assert_eq!(KvCacheType::F16.cache_bytes(30, 8192, 192), 188_743_680);
+        assert_eq!(KvCacheType::Q8_0.cache_bytes(30, 8192, 192), 100_270_080);
+        assert_eq!(KvCacheType::Q8_0.row_bytes(64), 68);
+        assert_eq!(KvCacheType::F16.cache_bytes(u64::MAX, 2, 2), u64::MAX);
+    }
+}

@@ -1,5 +1,5 @@
-//! The fit check before a model loads: its weights plus a KV cache at the context the engine
-//! allows, against the memory this process may still use (MemAvailable, or less when its own
+//! The fit check before a model loads: its weights plus a KV cache (of the configured type) at
+//! the context the engine allows, against the memory this process may still use (MemAvailable, or less when its own
 //! cgroup's `memory.max` leaves less). The store runs the same check at import; this one runs
 //! at every load, when other models already hold their memory.
 
@@ -28,7 +28,8 @@ pub fn check(path: &Path, engine: &EngineConfig) -> Result<(), String> {
             .ok()
             .and_then(|v| v.parse().ok()),
     };
-    fit::check_memory(&source, facts.needs_bytes(context)).map_err(|e| e.to_string())
+    fit::check_memory(&source, facts.needs_bytes(context, engine.kv_cache))
+        .map_err(|e| e.to_string())
 }
 
 /// This process's cgroup v2 directory (`0::/path` in `/proc/self/cgroup`).

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use hearth_engine::EngineConfig;
+use hearth_engine::{EngineConfig, KvCacheType};
 use hearth_inference::{WorkerConfig, serve};
 
 /// Hearth's inference worker: loads GGUF models and serves generations on a Unix socket.
@@ -24,6 +24,9 @@ struct Args {
     /// Threads for model math (default: the CPUs this process may run on).
     #[arg(long)]
     threads: Option<usize>,
+    /// KV cache element type: f16 (default) or q8_0 (about half the memory).
+    #[arg(long, default_value_t = KvCacheType::F16)]
+    kv_cache: KvCacheType,
     /// Requests that may wait per model before new ones are refused as busy.
     #[arg(long, default_value_t = 8)]
     queue_depth: usize,
@@ -50,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         engine: EngineConfig {
             max_context: args.max_context,
             threads: args.threads.filter(|&n| n > 0),
+            kv_cache: args.kv_cache,
         },
         queue_depth: args.queue_depth.max(1),
     };

@@ -13,6 +13,7 @@ pub fn config(root: &Path) -> StoreConfig {
     StoreConfig {
         root: root.to_owned(),
         max_context: Some(512),
+        kv_cache: Default::default(),
         memory: MemorySource {
             cgroup: None,
             fixed: Some(1 << 40),
