@@ -21,7 +21,7 @@ use std::sync::{Mutex, OnceLock};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use hearth_kernels::block::{ActRow, QK, WeightRow, dot_many_rows, dot_rows};
+use hearth_kernels::block::{ActRow, QK, WeightRow, dot_rows};
 use hearth_kernels::kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, QK_K, dot_rows_k};
 use hearth_kernels::{Isa, f16_to_f32, round_small};
 
@@ -413,14 +413,6 @@ struct Work<'a> {
 impl Work<'_> {
     fn run(&self, isa: Isa, m: usize) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        if let (Src::Blocks(blocks, [act]), 1) = (self.src, m) {
-            // Decode: the chunk's rows go through the kernel together.
-            let rows: Vec<WeightRow<'_>> = (0..out.len())
-                .map(|r| blocks.row(self.first_row + r, self.k / QK))
-                .collect();
-            dot_many_rows(isa, &rows, *act, &mut out);
-            return;
-        }
         for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
             match self.src {
                 Src::Blocks(blocks, acts) => {
