@@ -1,7 +1,10 @@
 //! The non-matmul arithmetic of a decoder layer, over plain `f32` slices, following ggml's
 //! CPU kernels closely enough to reproduce llama.cpp's greedy choices.
+use std::sync::Mutex;
+
 use super::RopeStyle;
 use super::ggml_math;
+use super::pool::Pool;
 use crate::KvCacheType;
 
 /// RMS-normalises each `weight.len()`-wide row of `x` into `out`, then scales by `weight`.
@@ -449,15 +452,23 @@ pub struct AttnShape {
 /// Causal grouped-query attention of `q` (`rows` × `n_head` × `head_dim`, positions
 /// `start..start + rows`) over the cache, into `out` (same shape as `q`). Splits the heads
 /// across threads when the work is large enough to pay for them.
-pub fn attention(q: &[f32], cache: &KvCache, start: usize, shape: AttnShape, out: &mut [f32]) {
+pub fn attention(
+    pool: &Pool,
+    q: &[f32],
+    cache: &KvCache,
+    start: usize,
+    shape: AttnShape,
+    out: &mut [f32],
+) {
     let AttnShape {
         n_head, head_dim, ..
     } = shape;
     let rows = q.len() / (n_head * head_dim);
     let ctx = start + rows;
     let work = rows * ctx * n_head * head_dim;
-    let threads = if work >= (1 << 20) {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(n_head))
+    // Below this, handing heads to the pool's workers costs more than it saves.
+    let threads = if work >= PARALLEL_MIN_WORK {
+        pool.threads().min(n_head)
     } else {
         1
     };
@@ -466,7 +477,8 @@ pub fn attention(q: &[f32], cache: &KvCache, start: usize, shape: AttnShape, out
         attention_heads(q, cache, start, shape, 0..n_head, &mut outs);
         return;
     }
-    // Give each thread a contiguous range of heads; it writes those heads of every row.
+    // Give each thread a contiguous range of heads; it writes those heads of every row. Each
+    // head's arithmetic is the same whichever thread runs it.
     let per = n_head.div_ceil(threads);
     let mut per_thread: Vec<Vec<&mut [f32]>> = (0..threads).map(|_| Vec::new()).collect();
     for row in out.chunks_exact_mut(n_head * head_dim) {
@@ -478,16 +490,19 @@ pub fn attention(q: &[f32], cache: &KvCache, start: usize, shape: AttnShape, out
             rest = tail;
         }
     }
-    std::thread::scope(|s| {
-        for (t, mut outs) in per_thread.into_iter().enumerate() {
-            let heads = (t * per).min(n_head)..((t + 1) * per).min(n_head);
-            if heads.is_empty() {
-                continue;
-            }
-            s.spawn(move || attention_heads(q, cache, start, shape, heads, &mut outs));
+    let slots: Vec<Mutex<Vec<&mut [f32]>>> = per_thread.into_iter().map(Mutex::new).collect();
+    pool.run(&|t| {
+        let Some(slot) = slots.get(t) else { return };
+        let heads = (t * per).min(n_head)..((t + 1) * per).min(n_head);
+        if !heads.is_empty() {
+            let mut outs = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            attention_heads(q, cache, start, shape, heads, &mut outs);
         }
     });
 }
+
+/// `rows · positions · heads · head_dim` from which attention runs on the pool's threads.
+const PARALLEL_MIN_WORK: usize = 1 << 15;
 
 /// Query rows from which llama.cpp's CPU flash attention switches to its tiled f32 kernel.
 const TILED_MIN_ROWS: usize = 64;
@@ -934,7 +949,7 @@ mod tests {
         let q: Vec<f32> = (0..rows * 32).map(|i| f(i + 11)).collect();
         let start = ctx - rows;
         let mut big = vec![0f32; rows * 32];
-        attention(&q, &cache, start, shape, &mut big);
+        attention(&Pool::new(3).unwrap(), &q, &cache, start, shape, &mut big);
         let mut single = vec![0f32; rows * 32];
         let mut outs: Vec<&mut [f32]> = single.chunks_exact_mut(32).collect();
         attention_heads(&q, &cache, start, shape, 0..4, &mut outs);
@@ -1078,7 +1093,7 @@ mod tests {
             cache.append(&k, &v);
             let start = ctx - rows;
             let mut out = vec![0f32; q.len()];
-            attention(&q, &cache, start, shape, &mut out);
+            attention(&Pool::new(2).unwrap(), &q, &cache, start, shape, &mut out);
             let (kq, vq) = (through_q8_0(&k), through_q8_0(&v));
             for r in 0..rows {
                 let qr = &q[r * n_head * head_dim..(r + 1) * n_head * head_dim];

@@ -312,7 +312,7 @@ impl Transformer {
                 ops::scale(&mut q, s);
             }
             cache.append(&k, &v);
-            ops::attention(&q, cache, start_pos, shape, &mut attn);
+            ops::attention(&self.pool, &q, cache, start_pos, shape, &mut attn);
             let mut o = layer.wo.matmul(&self.pool, &attn, rows)?;
             if il == last_layer && rows > 1 {
                 let drop = (rows - 1) * hp.n_embd;
