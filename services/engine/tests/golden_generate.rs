@@ -265,9 +265,9 @@ struct Agreement {
     steps: usize,
     /// Largest |llama.cpp's top-1 prob − the engine's prob of that token| over all steps.
     max_prob_diff: f64,
-    /// The first divergence: step, and whether it is a near-tie (the engine's pick in
-    /// llama.cpp's top-5 within [`NEAR_TIE`] of its top-1).
-    first: Option<(usize, bool)>,
+    /// The first divergence: step, whether it is a near-tie (the engine's pick in llama.cpp's
+    /// top-5 within [`NEAR_TIE`] of its top-1), the engine's and llama.cpp's tokens.
+    first: Option<(usize, bool, u32, u32)>,
 }
 
 /// Runs `case` with teacher forcing and measures its [`Agreement`].
@@ -297,7 +297,7 @@ fn agreement(forward: &mut dyn model::Forward, case: &Value) -> Result<Agreement
             let near = top
                 .iter()
                 .any(|&(id, p)| id == got && p >= top[0].1 - NEAR_TIE);
-            a.first = Some((step, near));
+            a.first = Some((step, near, got, want));
             a.free_run = step;
         }
         if step + 1 < golden.len() {
@@ -321,6 +321,8 @@ fn report_fixture(
         ..EngineConfig::default()
     };
     let mut forward = model::load(&file, &config)?;
+    let tokenizer = hearth_engine::tokenizer::GgufTokenizer::from_gguf(&file)?;
+    let text = |id| String::from_utf8_lossy(&tokenizer.token_bytes(id)).into_owned();
     let (mut free, mut forced, mut steps, mut worst) = (0, 0, 0, 0f64);
     let cases = fixture["cases"].as_array().context("cases")?;
     for case in cases {
@@ -328,9 +330,11 @@ fn report_fixture(
         let a = agreement(forward.as_mut(), case)?;
         let first = match a.first {
             None => "no divergence".to_owned(),
-            Some((step, near)) => format!(
-                "first divergence at step {step} ({})",
-                if near { "near-tie" } else { "NOT a near-tie" }
+            Some((step, near, got, want)) => format!(
+                "first divergence at step {step} ({}): {:?} for llama.cpp's {:?}",
+                if near { "near-tie" } else { "NOT a near-tie" },
+                text(got),
+                text(want)
             ),
         };
         eprintln!(
