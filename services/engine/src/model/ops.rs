@@ -258,9 +258,9 @@ const QK8_0: usize = hearth_kernels::block::QK;
 /// [`KvCacheType`]: f16 bits (2 bytes a value) or q8_0 blocks (34 bytes per 32 values).
 ///
 /// [`KvCache::new`] reserves room for every position the model may reach, so appending never
-/// copies the cache to a larger allocation; the reservation is address space only (the
-/// allocator maps fresh pages, which the kernel backs as they are written), so resident
-/// memory grows with the positions actually cached.
+/// copies the cache to a larger allocation (which would briefly hold both copies); the
+/// reservation is address space only (the allocator maps fresh pages, which the kernel backs
+/// as they are written), so resident memory grows with the positions actually cached.
 #[derive(Debug)]
 pub struct KvCache {
     kv_dim: usize,
@@ -283,11 +283,21 @@ struct Q8Rows {
     qs: Vec<[i8; QK8_0]>,
 }
 
+/// An empty vector with room for `n` elements when the allocator grants it (otherwise it
+/// grows as it is filled; a refused reservation must not abort the process).
+fn reserved<T>(n: usize) -> Vec<T> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(n).is_err() {
+        log::debug!("KV cache: could not reserve {n} elements up front; growing on demand");
+    }
+    v
+}
+
 impl Q8Rows {
     fn with_capacity(blocks: usize) -> Self {
         Self {
-            d: Vec::with_capacity(blocks),
-            qs: Vec::with_capacity(blocks),
+            d: reserved(blocks),
+            qs: reserved(blocks),
         }
     }
 
@@ -331,8 +341,8 @@ impl KvCache {
         let n = kv_dim.saturating_mul(positions);
         let store = match kind {
             KvCacheType::F16 => KvStore::F16 {
-                k: Vec::with_capacity(n),
-                v: Vec::with_capacity(n),
+                k: reserved(n),
+                v: reserved(n),
             },
             KvCacheType::Q8_0 => KvStore::Q8_0 {
                 k: Q8Rows::with_capacity(n / QK8_0),
@@ -495,7 +505,9 @@ pub fn attention(
         let Some(slot) = slots.get(t) else { return };
         let heads = (t * per).min(n_head)..((t + 1) * per).min(n_head);
         if !heads.is_empty() {
-            let mut outs = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut outs = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             attention_heads(q, cache, start, shape, heads, &mut outs);
         }
     });
