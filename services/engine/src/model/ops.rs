@@ -555,10 +555,38 @@ fn attention_heads(
     } = shape;
     let kv_dim = n_head_kv * head_dim;
     let group = n_head / n_head_kv;
-    let tiled = outs.len() >= TILED_MIN_ROWS;
+    if outs.len() >= TILED_MIN_ROWS {
+        for h in heads.clone() {
+            let kv = KvHead {
+                k: k_cache,
+                v: v_cache,
+                kv_dim,
+                offset: (h / group) * head_dim,
+                head_dim,
+            };
+            let local = h - heads.start;
+            let rows: Vec<TiledRow<'_>> = outs
+                .iter_mut()
+                .enumerate()
+                .map(|(i, out_row)| {
+                    let ctx = start + i + 1;
+                    let at = (i * n_head + h) * head_dim;
+                    TiledRow {
+                        q: &q[at..at + head_dim],
+                        // First position the sliding window lets this query see.
+                        range: window.map_or(0, |w| ctx.saturating_sub(w))..ctx,
+                        o: &mut out_row[local * head_dim..(local + 1) * head_dim],
+                        max: f32::NEG_INFINITY,
+                        sum: 0.0,
+                    }
+                })
+                .collect();
+            attend_tiled(rows, kv, scale);
+        }
+        return;
+    }
     let single = outs.len() == 1;
     let mut q_head = vec![0f32; head_dim];
-    let mut scratch = TileScratch::default();
     let mut rows = vec![0f32; 2 * head_dim];
     let mut partial = vec![0f32; head_dim];
     for (i, out_row) in outs.iter_mut().enumerate() {
@@ -577,11 +605,6 @@ fn attention_heads(
                 head_dim,
             };
             let q_src = &q_row[h * head_dim..(h + 1) * head_dim];
-            if tiled {
-                q_head.copy_from_slice(q_src);
-                attend_tiled(&q_head, kv, lo..ctx, scale, &mut scratch, o);
-                continue;
-            }
             // The vector kernel converts Q to the cache's f16 before the dot products.
             for (d, &s) in q_head.iter_mut().zip(q_src) {
                 *d = round_to_f16(s);
@@ -774,80 +797,82 @@ fn merge_partials(a: &mut [f32], (ma, sa): (f32, f32), b: &[f32], (mb, sb): (f32
     }
 }
 
-/// ggml's tiled flash-attention kernel for one query row over positions `range`: f32
-/// throughout, the softmax max and sum updated once per tile of [`KV_TILE`] keys. Tiles are
-/// aligned to position 0 as ggml's are; positions before `range.start` are masked (ggml skips
-/// a tile masked entirely, and a masked score adds exactly zero to the rest).
-fn attend_tiled(
-    q: &[f32],
-    kv: KvHead<'_>,
+/// One query row of the tiled kernel: its query head, the positions it sees, its output
+/// (unnormalised until the end) and its running softmax max and sum.
+struct TiledRow<'a> {
+    q: &'a [f32],
     range: std::ops::Range<usize>,
-    scale: f32,
-    scratch: &mut TileScratch,
-    o: &mut [f32],
-) {
+    o: &'a mut [f32],
+    max: f32,
+    sum: f32,
+}
+
+/// llama.cpp's tiled f32 flash-attention kernel for one head over a batch of query rows.
+/// Each tile of [`KV_TILE`] positions is widened from f16 (keys transposed, each position in
+/// its own lane, zero-padded) once for the whole batch, as ggml converts a KV tile once per
+/// query tile; each row then takes the tiles its range touches, in order, with its own
+/// online softmax: scores by [`ggml_math::tile_scores`], masked positions (outside the row's
+/// range, and the padding) -inf as ggml's mask makes them, the running output rescaled when
+/// the max grows, the tile's f64 softmax sum added to the f32 running sum in f64, and the
+/// values accumulated by [`ggml_math::accumulate_values`]. A row's arithmetic does not depend
+/// on the other rows in the batch.
+fn attend_tiled(mut rows: Vec<TiledRow<'_>>, kv: KvHead<'_>, scale: f32) {
     let head_dim = kv.head_dim;
-    let TileScratch {
-        keys_t,
-        values,
-        scores,
-        key,
-    } = scratch;
-    o.fill(0.0);
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
-    let (lo, ctx) = (range.start, range.end);
-    for tile in (lo - lo % KV_TILE..ctx).step_by(KV_TILE) {
-        let end = (tile + KV_TILE).min(ctx);
-        let first = tile.max(lo);
-        // The tile's keys transposed and its values, zero-padded to a whole tile, each
-        // position in its own lane; masked positions (before `first`, from `end` on) get -inf,
-        // as ggml masks them and the padding.
-        keys_t.clear();
-        keys_t.resize(head_dim * KV_TILE, 0.0);
-        values.clear();
-        values.resize(KV_TILE * head_dim, 0.0);
-        key.resize(head_dim, 0.0);
-        for j in first..end {
+    let (Some(lo), Some(hi)) = (
+        rows.iter().map(|r| r.range.start).min(),
+        rows.iter().map(|r| r.range.end).max(),
+    ) else {
+        return;
+    };
+    for r in &mut rows {
+        r.o.fill(0.0);
+    }
+    let mut keys_t = vec![0f32; head_dim * KV_TILE];
+    let mut values = vec![0f32; KV_TILE * head_dim];
+    let mut key = vec![0f32; head_dim];
+    let mut scores = vec![0f32; KV_TILE];
+    for tile in (lo - lo % KV_TILE..hi).step_by(KV_TILE) {
+        let (first_all, end_all) = (tile.max(lo), (tile + KV_TILE).min(hi));
+        keys_t.fill(0.0);
+        values.fill(0.0);
+        for j in first_all..end_all {
             let t = j - tile;
-            ggml_math::f16_to_f32_slice(kv.k(j), key);
+            ggml_math::f16_to_f32_slice(kv.k(j), &mut key);
             for (d, &k) in key.iter().enumerate() {
                 keys_t[d * KV_TILE + t] = k;
             }
             ggml_math::f16_to_f32_slice(kv.v(j), &mut values[t * head_dim..(t + 1) * head_dim]);
         }
-        scores.clear();
-        scores.resize(KV_TILE, 0.0);
-        ggml_math::tile_scores(q, keys_t, scale, scores);
-        scores[..first - tile].fill(f32::NEG_INFINITY);
-        scores[end - tile..].fill(f32::NEG_INFINITY);
-        let tile_max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let new_max = max.max(tile_max);
-        if new_max > max {
-            let ms = (max - new_max).exp();
-            o.iter_mut().for_each(|v| *v *= ms);
-            sum *= ms;
-        }
-        max = new_max;
-        let tile_sum = ggml_math::soft_max(scores, max);
-        // ggml adds the f64 tile sum to its f32 running sum in f64.
-        #[allow(clippy::cast_possible_truncation)]
+        for row in rows
+            .iter_mut()
+            .filter(|r| tile < r.range.end && tile + KV_TILE > r.range.start)
         {
-            sum = (f64::from(sum) + tile_sum) as f32;
+            let first = tile.max(row.range.start);
+            let end = (tile + KV_TILE).min(row.range.end);
+            ggml_math::tile_scores(row.q, &keys_t, scale, &mut scores);
+            scores[..first - tile].fill(f32::NEG_INFINITY);
+            scores[end - tile..].fill(f32::NEG_INFINITY);
+            let tile_max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let new_max = row.max.max(tile_max);
+            if new_max > row.max {
+                let ms = (row.max - new_max).exp();
+                row.o.iter_mut().for_each(|v| *v *= ms);
+                row.sum *= ms;
+            }
+            row.max = new_max;
+            let tile_sum = ggml_math::soft_max(&mut scores, row.max);
+            // ggml adds the f64 tile sum to its f32 running sum in f64.
+            #[allow(clippy::cast_possible_truncation)]
+            {
+                row.sum = (f64::from(row.sum) + tile_sum) as f32;
+            }
+            ggml_math::accumulate_values(&scores, &values, row.o);
         }
-        ggml_math::accumulate_values(scores, values, o);
     }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    o.iter_mut().for_each(|v| *v *= inv);
-}
-
-/// Buffers the tiled kernel reuses across heads and rows.
-#[derive(Default)]
-struct TileScratch {
-    keys_t: Vec<f32>,
-    values: Vec<f32>,
-    scores: Vec<f32>,
-    /// One key row widened to f32.
-    key: Vec<f32>,
+    for row in rows {
+        let inv = if row.sum == 0.0 { 0.0 } else { 1.0 / row.sum };
+        row.o.iter_mut().for_each(|v| *v *= inv);
+    }
 }
 
 #[cfg(test)]
@@ -967,6 +992,68 @@ mod tests {
         attention_heads(&q, &cache, start, shape, 0..4, &mut outs);
         drop(outs);
         assert_eq!(big, single);
+    }
+
+    /// The tiled kernel gives each row of a batch exactly what it gives that row alone: the
+    /// shared KV tiles (widened once for the batch, covering every row's positions) do not
+    /// leak into a row's result, with a window and with rows starting mid-tile.
+    #[test]
+    fn tiled_batch_rows_equal_rows_alone() {
+        let mut rng = hearth_kernels::testing::Rng(0x7177_ed00);
+        let (head_dim, rows, start) = (16, 70, 37);
+        let ctx = start + rows;
+        let mut cache = KvCache::new(KvCacheType::F16, head_dim, ctx);
+        cache.append(
+            &random(&mut rng, ctx * head_dim, 2.0),
+            &random(&mut rng, ctx * head_dim, 1.0),
+        );
+        let KvStore::F16 { k, v } = &cache.store else {
+            panic!("f16 cache");
+        };
+        let kv = || KvHead {
+            k,
+            v,
+            kv_dim: head_dim,
+            offset: 0,
+            head_dim,
+        };
+        let q = random(&mut rng, rows * head_dim, 2.0);
+        for window in [None, Some(45)] {
+            let range = |i: usize| {
+                let ctx = start + i + 1;
+                window.map_or(0, |w: usize| ctx.saturating_sub(w))..ctx
+            };
+            let mut batch = vec![0f32; rows * head_dim];
+            let batch_rows = batch
+                .chunks_exact_mut(head_dim)
+                .enumerate()
+                .map(|(i, o)| TiledRow {
+                    q: &q[i * head_dim..(i + 1) * head_dim],
+                    range: range(i),
+                    o,
+                    max: f32::NEG_INFINITY,
+                    sum: 0.0,
+                })
+                .collect();
+            attend_tiled(batch_rows, kv(), 0.25);
+            for i in 0..rows {
+                let mut alone = vec![0f32; head_dim];
+                let row = TiledRow {
+                    q: &q[i * head_dim..(i + 1) * head_dim],
+                    range: range(i),
+                    o: &mut alone,
+                    max: f32::NEG_INFINITY,
+                    sum: 0.0,
+                };
+                attend_tiled(vec![row], kv(), 0.25);
+                assert_eq!(
+                    alone,
+                    batch[i * head_dim..(i + 1) * head_dim],
+                    "row {i} window {window:?}"
+                );
+                assert!(alone.iter().any(|&x| x != 0.0));
+            }
+        }
     }
 
     fn random(rng: &mut hearth_kernels::testing::Rng, n: usize, amp: f32) -> Vec<f32> {

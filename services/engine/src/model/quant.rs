@@ -389,7 +389,9 @@ const CHUNK_ROWS: usize = 16;
 /// [`CHUNK_ROWS`] balance the load.
 fn chunk_rows(n: usize, m: usize, threads: usize) -> usize {
     if m == 1 {
-        n.div_ceil(threads.max(1)).next_multiple_of(8).max(CHUNK_ROWS)
+        n.div_ceil(threads.max(1))
+            .next_multiple_of(8)
+            .max(CHUNK_ROWS)
     } else {
         CHUNK_ROWS
     }
@@ -430,12 +432,7 @@ impl Work<'_> {
 
 /// Multiplies the same input `x` (`m` rows) by each of `mats` (all with the same `k`),
 /// quantizing `x` once per activation format and running all products in one parallel region.
-pub fn matmul_shared(
-    pool: &Pool,
-    mats: &[&QMatrix],
-    x: &[f32],
-    m: usize,
-) -> Result<Vec<Vec<f32>>> {
+pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
     let k = x.len() / m.max(1);
     let needs = |f: ActFormat| {
         mats.iter()
