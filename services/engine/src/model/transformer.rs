@@ -170,9 +170,9 @@ impl Transformer {
         }
         let threads = config.threads.unwrap_or_else(available_threads).max(1);
         let pool = Pool::new(threads).map_err(|e| EngineError::Threads {
-                threads,
-                reason: e.to_string(),
-            })?;
+            threads,
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             pool,
             rope: RopeTable::new(hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale),
