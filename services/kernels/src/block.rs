@@ -59,8 +59,19 @@ pub fn dot_rows(isa: Isa, w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]
         // SAFETY: `Isa::Avx2Fma` is only returned by `Isa::detect` after
         // `is_x86_feature_detected!` reported both AVX2 and FMA on this CPU.
         Isa::Avx2Fma => unsafe { dot_rows_avx2(w, acts, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `Isa::Neon` is only returned by `Isa::detect` after
+        // `is_aarch64_feature_detected!` reported NEON.
+        Isa::Neon => unsafe { neon::dot_rows(w, acts, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `Isa::NeonDot` is only returned after NEON and dotprod were detected.
+        Isa::NeonDot => unsafe { neon::dot_rows_dotprod(w, acts, out) },
     }
 }
+
+/// The aarch64 versions (NEON, NEON + `sdot`), in their own file.
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -424,13 +435,9 @@ mod tests {
         }
     }
 
+    /// Every version this CPU runs (all of them, whatever `HEARTH_KERNELS` says).
     fn isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        let best = Isa::detect();
-        if best != Isa::Portable {
-            v.push(best);
-        }
-        v
+        Isa::supported()
     }
 
     /// Every format, every compiled version, odd block counts and odd row counts, against
@@ -485,14 +492,11 @@ mod tests {
         }
     }
 
-    /// The AVX2 intrinsics give bit for bit what the portable body gives with fused
-    /// multiply-adds: the same lanes, the same conversions, the same accumulation order.
-    #[cfg(target_arch = "x86_64")]
+    /// Every SIMD version this CPU runs (AVX2, NEON, NEON + `sdot`) gives bit for bit what
+    /// the portable body gives with fused multiply-adds: the same lanes, the same conversions,
+    /// the same accumulation order (odd block counts; 11 rows: groups of four and a rest).
     #[test]
     fn intrinsics_equal_the_fused_portable_body() {
-        if Isa::detect() == Isa::Portable {
-            return;
-        }
         let mut rng = Rng(0x1234_5678);
         for blocks in [1usize, 7, 18] {
             let w = data(&mut rng, blocks);
@@ -524,12 +528,15 @@ mod tests {
             ] {
                 let mut want = vec![0f32; rows.len()];
                 dot_rows_body::<true>(wr, &rows, &mut want);
-                let mut got = vec![0f32; rows.len()];
-                dot_rows(Isa::detect(), wr, &rows, &mut got);
-                assert_eq!(
-                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-                );
+                for isa in isas().into_iter().skip(1) {
+                    let mut got = vec![0f32; rows.len()];
+                    dot_rows(isa, wr, &rows, &mut got);
+                    assert_eq!(
+                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} blocks {blocks}"
+                    );
+                }
             }
         }
     }

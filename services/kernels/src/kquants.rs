@@ -212,8 +212,19 @@ pub fn dot_rows_k(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) 
         // SAFETY: `Isa::Avx2Fma` is only returned by `Isa::detect` after
         // `is_x86_feature_detected!` reported both AVX2 and FMA on this CPU.
         Isa::Avx2Fma => unsafe { dot_rows_avx2(w, acts, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `Isa::Neon` is only returned by `Isa::detect` after
+        // `is_aarch64_feature_detected!` reported NEON.
+        Isa::Neon => unsafe { neon::dot_rows(w, acts, out) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `Isa::NeonDot` is only returned after NEON and dotprod were detected.
+        Isa::NeonDot => unsafe { neon::dot_rows_dotprod(w, acts, out) },
     }
 }
+
+/// The aarch64 versions (NEON, NEON + `sdot`), in their own file.
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
@@ -895,12 +906,9 @@ mod tests {
             .collect()
     }
 
+    /// Every version this CPU runs (all of them, whatever `HEARTH_KERNELS` says).
     fn isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        if Isa::detect() != Isa::Portable {
-            v.push(Isa::detect());
-        }
-        v
+        Isa::supported()
     }
 
     #[test]
@@ -998,14 +1006,11 @@ mod tests {
         }
     }
 
-    /// The AVX2 intrinsics give bit for bit what the portable bodies give with fused
-    /// multiply-adds.
-    #[cfg(target_arch = "x86_64")]
+    /// Every SIMD version this CPU runs (AVX2, NEON, NEON + `sdot`) gives bit for bit what the
+    /// portable bodies give with fused multiply-adds (odd block counts; 5 rows: a group of four
+    /// and a rest).
     #[test]
     fn intrinsics_equal_the_fused_portable_body() {
-        if Isa::detect() == Isa::Portable {
-            return;
-        }
         let mut rng = Rng(0xdead_beef);
         for blocks in [1usize, 3, 4] {
             let q4: Vec<BlockQ4K> = (0..blocks)
@@ -1033,12 +1038,15 @@ mod tests {
             ] {
                 let mut want = vec![0f32; rows.len()];
                 dot_rows_body::<true>(w, &rows, &mut want);
-                let mut got = vec![0f32; rows.len()];
-                dot_rows_k(Isa::detect(), w, &rows, &mut got);
-                assert_eq!(
-                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-                );
+                for isa in isas().into_iter().skip(1) {
+                    let mut got = vec![0f32; rows.len()];
+                    dot_rows_k(isa, w, &rows, &mut got);
+                    assert_eq!(
+                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} blocks {blocks}"
+                    );
+                }
             }
         }
     }

@@ -4,9 +4,12 @@
 //! llama.cpp's.
 //!
 //! Owns: each kernel's portable body (the reference and the fallback), its SIMD versions
-//! (AVX2+FMA on x86-64), and the runtime choice between them ([`Isa`]). Every SIMD version is
-//! tested bit for bit against the portable body, and every kernel against a scalar reference
-//! on random data with odd sizes.
+//! (AVX2+FMA on x86-64; NEON and NEON + `sdot` on aarch64, in `block/neon.rs` and
+//! `kquants/neon.rs`), and the runtime choice between them ([`Isa`]). Every SIMD version is
+//! tested bit for bit against the portable body with fused multiply-adds (so x86-64 and
+//! aarch64 give the same bits), and every kernel against a scalar reference on random data
+//! with odd sizes; `services/kernels/test-aarch64` runs the tests under qemu-user on CPUs
+//! without and with `sdot`.
 //!
 //! Must never: read files, allocate per call in the hot loops, spawn threads, or depend on the
 //! model code (the engine owns layouts of whole matrices, threading and model structure). It
@@ -26,6 +29,12 @@ pub enum Isa {
     /// AVX2 + FMA (x86-64), detected at run time.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// NEON (aarch64), with fused multiply-adds; the integer products widen with `smull`.
+    #[cfg(target_arch = "aarch64")]
+    Neon,
+    /// NEON with the dot-product extension (`sdot`), detected at run time.
+    #[cfg(target_arch = "aarch64")]
+    NeonDot,
 }
 
 impl Isa {
@@ -39,7 +48,34 @@ impl Isa {
         {
             return Isa::Avx2Fma;
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                return Isa::NeonDot;
+            }
+            return Isa::Neon;
+        }
         Isa::Portable
+    }
+
+    /// Every version this CPU runs, the portable one first (for tests and benchmarks; ignores
+    /// `HEARTH_KERNELS`).
+    pub fn supported() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            v.push(Isa::Avx2Fma);
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            v.push(Isa::Neon);
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                v.push(Isa::NeonDot);
+            }
+        }
+        v
     }
 }
 
@@ -81,5 +117,22 @@ mod tests {
         assert_eq!(f16_to_f32(0x0001), 5.960_464_5e-8);
         assert_eq!(f16_to_f32(0x7c00), f32::INFINITY);
         assert!(f16_to_f32(0x7e00).is_nan());
+    }
+
+    /// `HEARTH_KERNELS_EXPECT` (set by `services/kernels/test-aarch64` for each emulated CPU)
+    /// names the version this CPU must select, so a run cannot silently test only the
+    /// portable body.
+    #[test]
+    fn detected_isa_is_the_expected_one() {
+        let supported = Isa::supported();
+        let best = Isa::detect();
+        println!("kernels: detect() = {best:?}, supported = {supported:?}");
+        assert_eq!(supported[0], Isa::Portable);
+        if std::env::var("HEARTH_KERNELS").is_err() {
+            assert_eq!(supported.last(), Some(&best));
+        }
+        if let Ok(want) = std::env::var("HEARTH_KERNELS_EXPECT") {
+            assert_eq!(format!("{best:?}"), want);
+        }
     }
 }
