@@ -271,3 +271,96 @@ unsafe fn dot_group<const R: usize, const F: u8, const DOT: bool>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Isa;
+    use crate::testing::Rng;
+    use std::arch::aarch64::vst1q_s32;
+
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn lanes_dot(a: &[i8; 16], b: &[i8; 16]) -> [i32; 4] {
+        let mut l = [0i32; 4];
+        // SAFETY: 16 readable bytes each, four writable `i32`; `sdot` is available (this
+        // function's requirement).
+        unsafe {
+            let v = lanes4::<true>(vld1q_s8(a.as_ptr()), vld1q_s8(b.as_ptr()));
+            vst1q_s32(l.as_mut_ptr(), v);
+        }
+        l
+    }
+
+    #[target_feature(enable = "neon")]
+    unsafe fn lanes_plain(a: &[i8; 16], b: &[i8; 16]) -> [i32; 4] {
+        let mut l = [0i32; 4];
+        // SAFETY: as `lanes_dot`, NEON only.
+        unsafe {
+            let v = lanes4::<false>(vld1q_s8(a.as_ptr()), vld1q_s8(b.as_ptr()));
+            vst1q_s32(l.as_mut_ptr(), v);
+        }
+        l
+    }
+
+    /// Both integer paths give the exact four-product lanes over the whole `i8` range,
+    /// -128·-128 included (where a 16-bit pairwise sum would overflow).
+    #[test]
+    fn lanes_are_exact_over_the_whole_byte_range() {
+        let mut rng = Rng(0xa11c_e5ed);
+        let dot = Isa::supported().contains(&Isa::NeonDot);
+        let mut cases: Vec<([i8; 16], [i8; 16])> = vec![
+            ([-128; 16], [-128; 16]),
+            ([127; 16], [-128; 16]),
+            ([127; 16], [127; 16]),
+        ];
+        for _ in 0..200 {
+            let a = std::array::from_fn(|_| i8::from_le_bytes([rng.byte()]));
+            let b = std::array::from_fn(|_| i8::from_le_bytes([rng.byte()]));
+            cases.push((a, b));
+        }
+        for (a, b) in &cases {
+            let want: [i32; 4] = std::array::from_fn(|l| {
+                (4 * l..4 * l + 4)
+                    .map(|e| i32::from(a[e]) * i32::from(b[e]))
+                    .sum()
+            });
+            // SAFETY: NEON is baseline on aarch64 (and reported, or `supported` would not
+            // list `Neon`).
+            assert_eq!(unsafe { lanes_plain(a, b) }, want, "{a:?} {b:?}");
+            if dot {
+                // SAFETY: `Isa::supported` lists `NeonDot` only where dotprod was detected.
+                assert_eq!(unsafe { lanes_dot(a, b) }, want, "{a:?} {b:?}");
+            }
+        }
+    }
+
+    /// Q8_0 weights and activations at -128 and 127 (outside what the quantizers write, but a
+    /// file may hold them): the NEON versions still give the fused portable body's bits.
+    #[test]
+    fn q8_0_extremes_equal_the_fused_portable_body() {
+        for (wv, av) in [(-128i8, -128i8), (-128, 127), (127, 127)] {
+            for blocks in [1usize, 3] {
+                let wd = vec![0.25f32; blocks];
+                let wq = vec![[wv; QK]; blocks];
+                let acts: Vec<(Vec<f32>, Vec<[i8; QK]>)> = (0..5)
+                    .map(|_| (vec![0.5f32; blocks], vec![[av; QK]; blocks]))
+                    .collect();
+                let rows: Vec<ActRow<'_>> = acts
+                    .iter()
+                    .map(|(d, qs)| ActRow { d, s: &[], qs })
+                    .collect();
+                let w = WeightRow::Q8_0 { d: &wd, qs: &wq };
+                let mut want = vec![0f32; rows.len()];
+                super::super::dot_rows_body::<true>(w, &rows, &mut want);
+                #[allow(clippy::cast_precision_loss)]
+                let exact = f32::from(wv) * f32::from(av) * 32.0 * 0.125 * blocks as f32;
+                assert_eq!(want[0], exact);
+                for isa in Isa::supported().into_iter().skip(1) {
+                    let mut got = vec![0f32; rows.len()];
+                    super::super::dot_rows(isa, w, &rows, &mut got);
+                    assert_eq!(got, want, "{isa:?} {wv} {av} blocks {blocks}");
+                }
+            }
+        }
+    }
+}
