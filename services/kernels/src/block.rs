@@ -9,8 +9,11 @@
 //! fallback (`a * b + c`); on x86-64 with AVX2+FMA (detected at run time, [`Isa::detect`])
 //! the same arithmetic runs as explicit intrinsics ([`x86`]: `maddubs`, `madd`, `fmadd`, as in
 //! ggml), which a test checks bit for bit against the portable body with fused multiply-adds.
+//! On aarch64 the same holds for NEON and NEON + `sdot` (`neon`, in `block/neon.rs`: `sdot`
+//! leaves exactly the eight lanes, two `float32x4` take the `f32` part).
 //!
-//! This module and [`crate::kquants`] are the only ones that allow `unsafe`:
+//! This module and [`crate::kquants`] (with their `neon` submodules) are the only ones that
+//! allow `unsafe`:
 //! calling a `#[target_feature]` function is unsafe on Rust 1.85, and each such call is
 //! guarded by the runtime detection stored in [`Isa`], which can only be constructed as
 //! `Avx2Fma` when the CPU reports both features.

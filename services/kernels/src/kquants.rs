@@ -19,7 +19,8 @@
 //!
 //! The portable bodies are the fallback; on x86-64 with AVX2+FMA (detected at run time, [`Isa`])
 //! the same arithmetic runs as intrinsics in ggml's shape, which tests check bit for bit
-//! against the portable bodies with fused multiply-adds. Like [`crate::block`], this
+//! against the portable bodies with fused multiply-adds; on aarch64 so do NEON and NEON +
+//! `sdot` (`neon`, in `kquants/neon.rs`). Like [`crate::block`], this
 //! module allows `unsafe` only for the `#[target_feature]` calls (each guarded by the runtime
 //! detection stored in [`Isa::Avx2Fma`]) and the intrinsics' loads and stores.
 #![allow(unsafe_code)]
