@@ -77,8 +77,10 @@ pub fn measure(
     kv_cache: hearth_engine::KvCacheType,
 ) -> Result<HearthSample> {
     let t0 = Instant::now();
-    let file = GgufModelFile::open(model_path)?;
+    // As `LoadedModel::load` does it.
+    let mut file = GgufModelFile::open(model_path)?;
     let tokenizer = GgufTokenizer::from_gguf(&file)?;
+    file.release_vocabulary();
     let config = EngineConfig {
         max_context: Some(prompt_len + gen_len + 1),
         threads: Some(threads),

@@ -237,6 +237,16 @@ impl GgufModelFile {
         format!("{}.{suffix}", self.architecture())
     }
 
+    /// Drops the tokenizer's vocabulary arrays (`tokenizer.ggml.*` lists: tokens, scores,
+    /// types, merges) from the parsed metadata once the tokenizer has been built from them:
+    /// for a 262k-token vocabulary they are tens of MiB that would otherwise still be held
+    /// while the weights load.
+    pub fn release_vocabulary(&mut self) {
+        self.content
+            .metadata
+            .retain(|k, v| !(k.starts_with("tokenizer.ggml.") && matches!(v, Value::Array(_))));
+    }
+
     /// Whether the file has a tensor called `name`.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
@@ -277,6 +287,52 @@ impl TensorReader<'_> {
                 path: self.file.path.clone(),
                 reason: format!("tensor '{name}': {e}"),
             })
+    }
+
+    /// The ggml type and shape (candle's order: rows, then columns) of tensor `name`.
+    pub fn info(&self, name: &str) -> Result<(GgmlDType, Vec<usize>)> {
+        let info =
+            self.file
+                .content
+                .tensor_infos
+                .get(name)
+                .ok_or_else(|| EngineError::InvalidGguf {
+                    path: self.file.path.clone(),
+                    reason: format!("tensor '{name}' is missing"),
+                })?;
+        Ok((info.ggml_dtype, info.shape.dims().to_vec()))
+    }
+
+    /// Reads tensor `name`'s bytes as stored, in pieces of whole blocks (about 1 MiB each)
+    /// handed to `each` in order, so a large matrix can be converted to another layout
+    /// without its file copy and its converted copy both in memory.
+    pub fn read_pieces(
+        &mut self,
+        name: &str,
+        mut each: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let (dtype, dims) = self.info(name)?;
+        let path = &self.file.path;
+        let offset =
+            self.file.content.tensor_data_offset + self.file.content.tensor_infos[name].offset;
+        // The header walk checked that every tensor's bytes lie inside the file.
+        let blocks = dims.iter().product::<usize>() / dtype.block_size();
+        let block_bytes = dtype.type_size();
+        let piece_blocks = (1 << 20) / block_bytes.max(1);
+        let io = |source| EngineError::Io {
+            path: path.clone(),
+            source,
+        };
+        self.reader.seek(SeekFrom::Start(offset)).map_err(io)?;
+        let mut buf = vec![0u8; piece_blocks * block_bytes];
+        let mut left = blocks;
+        while left > 0 {
+            let n = left.min(piece_blocks) * block_bytes;
+            self.reader.read_exact(&mut buf[..n]).map_err(io)?;
+            each(&buf[..n])?;
+            left -= n / block_bytes;
+        }
+        Ok(())
     }
 
     /// Loads tensor `name` if the file has it.

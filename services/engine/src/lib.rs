@@ -130,8 +130,9 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Validates and loads the GGUF at `path`. Errors name the file and what is wrong with it.
     pub fn load(id: &str, path: &Path, config: &EngineConfig) -> Result<Self> {
-        let file = gguf::GgufModelFile::open(path)?;
+        let mut file = gguf::GgufModelFile::open(path)?;
         let tokenizer = tokenizer::GgufTokenizer::from_gguf(&file)?;
+        file.release_vocabulary();
         let template = match file.chat_template() {
             Some(source) => template::ChatTemplate::new(source)?,
             None => template::ChatTemplate::chatml_fallback(),

@@ -28,6 +28,7 @@ use hearth_kernels::{Isa, f16_to_f32, round_small};
 use super::ops::round_to_f16;
 use super::pool::Pool;
 use crate::Result;
+use crate::gguf::TensorReader;
 
 /// The kernels this CPU runs, detected once.
 fn isa() -> Isa {
@@ -141,58 +142,74 @@ impl Blocks {
         }
     }
 
-    /// Parses ggml's on-disk blocks.
-    fn parse(dtype: GgmlDType, data: &[u8]) -> Option<Self> {
+    /// Room for `count` blocks of `dtype`; `None` for formats without engine kernels.
+    fn with_capacity(dtype: GgmlDType, count: usize) -> Option<Self> {
+        Some(match dtype {
+            GgmlDType::Q4_0 => Blocks::Q4_0 {
+                d: Vec::with_capacity(count),
+                qs: Vec::with_capacity(count),
+            },
+            GgmlDType::Q4_1 => Blocks::Q4_1 {
+                d: Vec::with_capacity(count),
+                m: Vec::with_capacity(count),
+                qs: Vec::with_capacity(count),
+            },
+            GgmlDType::Q5_0 => Blocks::Q5_0 {
+                d: Vec::with_capacity(count),
+                qh: Vec::with_capacity(count),
+                qs: Vec::with_capacity(count),
+            },
+            GgmlDType::Q8_0 => Blocks::Q8_0 {
+                d: Vec::with_capacity(count),
+                qs: Vec::with_capacity(count),
+            },
+            _ => return None,
+        })
+    }
+
+    /// Appends the whole blocks in `data` (ggml's on-disk layout).
+    fn extend(&mut self, data: &[u8]) {
         let h = |b: &[u8], i: usize| f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
         let nib = |b: &[u8], at: usize| -> [u8; 16] {
             let mut q = [0u8; 16];
             q.copy_from_slice(&b[at..at + 16]);
             q
         };
-        Some(match dtype {
-            GgmlDType::Q4_0 => {
-                let it = data.chunks_exact(18);
-                Blocks::Q4_0 {
-                    d: it.clone().map(|b| h(b, 0)).collect(),
-                    qs: it.map(|b| nib(b, 2)).collect(),
+        match self {
+            Blocks::Q4_0 { d, qs } => {
+                for b in data.chunks_exact(18) {
+                    d.push(h(b, 0));
+                    qs.push(nib(b, 2));
                 }
             }
-            GgmlDType::Q4_1 => {
-                let it = data.chunks_exact(20);
-                Blocks::Q4_1 {
-                    d: it.clone().map(|b| h(b, 0)).collect(),
-                    m: it.clone().map(|b| h(b, 2)).collect(),
-                    qs: it.map(|b| nib(b, 4)).collect(),
+            Blocks::Q4_1 { d, m, qs } => {
+                for b in data.chunks_exact(20) {
+                    d.push(h(b, 0));
+                    m.push(h(b, 2));
+                    qs.push(nib(b, 4));
                 }
             }
-            GgmlDType::Q5_0 => {
-                let it = data.chunks_exact(22);
-                Blocks::Q5_0 {
-                    d: it.clone().map(|b| h(b, 0)).collect(),
-                    qh: it
-                        .clone()
-                        .map(|b| u32::from_le_bytes([b[2], b[3], b[4], b[5]]))
-                        .collect(),
-                    qs: it.map(|b| nib(b, 6)).collect(),
+            Blocks::Q5_0 { d, qh, qs } => {
+                for b in data.chunks_exact(22) {
+                    d.push(h(b, 0));
+                    qh.push(u32::from_le_bytes([b[2], b[3], b[4], b[5]]));
+                    qs.push(nib(b, 6));
                 }
             }
-            GgmlDType::Q8_0 => {
-                let it = data.chunks_exact(34);
-                Blocks::Q8_0 {
-                    d: it.clone().map(|b| h(b, 0)).collect(),
-                    qs: it
-                        .map(|b| {
-                            let mut q = [0i8; QK];
-                            for (q, &byte) in q.iter_mut().zip(&b[2..34]) {
-                                *q = i8::from_le_bytes([byte]);
-                            }
-                            q
-                        })
-                        .collect(),
+            Blocks::Q8_0 { d, qs } => {
+                for b in data.chunks_exact(34) {
+                    d.push(h(b, 0));
+                    qs.push(std::array::from_fn(|i| i8::from_le_bytes([b[2 + i]])));
                 }
             }
-            _ => return None,
-        })
+        }
+    }
+
+    /// Parses ggml's on-disk blocks.
+    fn parse(dtype: GgmlDType, data: &[u8]) -> Option<Self> {
+        let mut blocks = Self::with_capacity(dtype, data.len() / dtype.type_size())?;
+        blocks.extend(data);
+        Some(blocks)
     }
 
     fn block_count(&self) -> usize {
@@ -262,44 +279,50 @@ enum KBlocks {
 }
 
 impl KBlocks {
-    /// Parses ggml's on-disk super-blocks of an `n × k` matrix; `None` for other formats or
-    /// a size mismatch.
-    fn parse(dtype: GgmlDType, data: &[u8], n: usize, k: usize, repacked: bool) -> Option<Self> {
+    /// Room for an `n × k` matrix of `dtype`; `None` for other formats or a `k` that is not
+    /// a whole number of super-blocks.
+    fn with_capacity(dtype: GgmlDType, n: usize, k: usize, repacked: bool) -> Option<Self> {
         if k % QK_K != 0 {
             return None;
         }
         let count = n * (k / QK_K);
-        let (bytes, parsed) = match dtype {
-            GgmlDType::Q4K => (
-                BlockQ4K::BYTES,
-                KBlocks::Q4K {
-                    blocks: data
-                        .chunks_exact(BlockQ4K::BYTES)
-                        .map(BlockQ4K::parse)
-                        .collect(),
-                    // llama.cpp repacks Q4_K on AVX2 CPUs when the row count allows it.
-                    repacked: repacked && n % 8 == 0,
-                },
-            ),
-            GgmlDType::Q5K => (
-                BlockQ5K::BYTES,
-                KBlocks::Q5K(
-                    data.chunks_exact(BlockQ5K::BYTES)
-                        .map(BlockQ5K::parse)
-                        .collect(),
-                ),
-            ),
-            GgmlDType::Q6K => (
-                BlockQ6K::BYTES,
-                KBlocks::Q6K(
-                    data.chunks_exact(BlockQ6K::BYTES)
-                        .map(BlockQ6K::parse)
-                        .collect(),
-                ),
-            ),
+        Some(match dtype {
+            // llama.cpp repacks Q4_K on AVX2 CPUs when the row count allows it.
+            GgmlDType::Q4K => KBlocks::Q4K {
+                blocks: Vec::with_capacity(count),
+                repacked: repacked && n % 8 == 0,
+            },
+            GgmlDType::Q5K => KBlocks::Q5K(Vec::with_capacity(count)),
+            GgmlDType::Q6K => KBlocks::Q6K(Vec::with_capacity(count)),
             _ => return None,
-        };
-        (data.len() == count * bytes).then_some(parsed)
+        })
+    }
+
+    /// Appends the whole super-blocks in `data` (ggml's on-disk layout).
+    fn extend(&mut self, data: &[u8]) {
+        match self {
+            KBlocks::Q4K { blocks, .. } => {
+                blocks.extend(data.chunks_exact(BlockQ4K::BYTES).map(BlockQ4K::parse))
+            }
+            KBlocks::Q5K(b) => b.extend(data.chunks_exact(BlockQ5K::BYTES).map(BlockQ5K::parse)),
+            KBlocks::Q6K(b) => b.extend(data.chunks_exact(BlockQ6K::BYTES).map(BlockQ6K::parse)),
+        }
+    }
+
+    fn block_count(&self) -> usize {
+        match self {
+            KBlocks::Q4K { blocks, .. } => blocks.len(),
+            KBlocks::Q5K(b) => b.len(),
+            KBlocks::Q6K(b) => b.len(),
+        }
+    }
+
+    /// Parses ggml's on-disk super-blocks of an `n × k` matrix; `None` for other formats or
+    /// a size mismatch.
+    fn parse(dtype: GgmlDType, data: &[u8], n: usize, k: usize, repacked: bool) -> Option<Self> {
+        let mut blocks = Self::with_capacity(dtype, n, k, repacked)?;
+        blocks.extend(data);
+        (data.len() == n * (k / QK_K) * dtype.type_size()).then_some(blocks)
     }
 
     /// Weight row `r` (`nb` super-blocks).
@@ -358,19 +381,39 @@ impl QMatrix {
         Ok(Blocks::parse(t.dtype(), &t.data()?).filter(|b| b.block_count() == n * k / QK))
     }
 
-    /// Like [`Self::new`], but a format without engine kernels shares `t` with candle. Used
-    /// for tied embeddings, which llama.cpp does not repack (so Q4_K takes the plain
-    /// `vec_dot` arithmetic).
-    pub fn from_arc(t: std::sync::Arc<QTensor>) -> Result<Self> {
-        let (n, k) = t.shape().dims2()?;
-        if let Some(kernel) = Self::engine_kernel(&t, n, k, false)? {
-            return Ok(Self { n, k, kernel });
+    /// Reads tensor `name` (an `n × k` matrix, shape checked by the caller) from the file.
+    /// Formats with engine kernels are converted piece by piece as they are read, so the
+    /// file's copy of a large matrix (a tied 262k-token output) is never held whole next to
+    /// the converted one; anything else goes to candle's `QMatMul`.
+    pub fn load(reader: &mut TensorReader<'_>, name: &str, n: usize, k: usize) -> Result<Self> {
+        let (dtype, _) = reader.info(name)?;
+        let kernel = if k % QK == 0 && ENGINE_KERNEL_TYPES.contains(&dtype) {
+            let mut blocks = Blocks::with_capacity(dtype, n * k / QK);
+            if let Some(b) = blocks.as_mut() {
+                reader.read_pieces(name, |piece| {
+                    b.extend(piece);
+                    Ok(())
+                })?;
+            }
+            blocks
+                .filter(|b| b.block_count() == n * k / QK)
+                .map(Kernel::Blocks)
+        } else {
+            let mut blocks = KBlocks::with_capacity(dtype, n, k, REPACK_Q4K);
+            if let Some(b) = blocks.as_mut() {
+                reader.read_pieces(name, |piece| {
+                    b.extend(piece);
+                    Ok(())
+                })?;
+            }
+            blocks
+                .filter(|b| b.block_count() == n * (k / QK_K))
+                .map(Kernel::K)
+        };
+        match kernel {
+            Some(kernel) => Ok(Self { n, k, kernel }),
+            None => Self::new(reader.load(name)?),
         }
-        Ok(Self {
-            n,
-            k,
-            kernel: Kernel::Candle(QMatMul::from_arc(t)?),
-        })
     }
 
     /// `x` (`m` rows of `k`) times this matrix transposed: `m` rows of `n`, row-major.

@@ -2,7 +2,6 @@
 //! feed-forward blocks, with the per-architecture parts switched by [`HParams`] (q/k/v biases,
 //! per-head q/k norms, post-norms, GELU or SiLU gate, sliding-window layers with their own
 //! RoPE base, embedding scale, logit soft-capping).
-use std::sync::Arc;
 
 use candle_core::Device;
 use candle_core::quantized::QTensor;
@@ -83,7 +82,11 @@ impl Loader<'_> {
     }
 
     fn matmul(&mut self, name: &str, rows: usize, cols: usize) -> Result<QMatrix> {
-        QMatrix::new(self.qtensor(name, &[rows, cols])?)
+        let (_, dims) = self.reader.info(name)?;
+        if dims != [rows, cols] {
+            return Err(self.shape_error(name, &[rows, cols], &dims));
+        }
+        QMatrix::load(&mut self.reader, name, rows, cols)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>> {
@@ -108,7 +111,7 @@ impl Transformer {
             l.matmul("output.weight", vocab, n_embd)?
         } else {
             // Tied: the projection's kernel gets its own copy; the lookups read the file.
-            QMatrix::from_arc(Arc::new(l.reader.load("token_embd.weight")?))?
+            l.matmul("token_embd.weight", vocab, n_embd)?
         };
         let output_norm = l.vector("output_norm.weight", n_embd)?;
 
