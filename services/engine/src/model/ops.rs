@@ -586,17 +586,24 @@ fn attention_heads(
         return;
     }
     let single = outs.len() == 1;
-    let mut q_head = vec![0f32; head_dim];
+    // Scratch for one group of query heads (those sharing a KV head): f16-rounded queries,
+    // the second split-KV partial, the two partials' softmax states, one K and one V row.
+    let mut q_group = vec![0f32; group * head_dim];
+    let mut partial = vec![0f32; group * head_dim];
+    let mut states = vec![Online::default(); 2 * group];
     let mut rows = vec![0f32; 2 * head_dim];
-    let mut partial = vec![0f32; head_dim];
     for (i, out_row) in outs.iter_mut().enumerate() {
         let ctx = start + i + 1;
         // First position the sliding window lets this query see (masked cells are skipped).
         let lo = window.map_or(0, |w| ctx.saturating_sub(w));
         let q_row = &q[i * n_head * head_dim..(i + 1) * n_head * head_dim];
-        for h in heads.clone() {
-            let local = h - heads.start;
-            let o = &mut out_row[local * head_dim..(local + 1) * head_dim];
+        let n_kv = ctx.next_multiple_of(256);
+        // The heads of this range that share a KV head walk the positions together; a thread's
+        // range may start or end inside a group.
+        let mut h = heads.start;
+        while h < heads.end {
+            let end = ((h / group + 1) * group).min(heads.end);
+            let n = end - h;
             let kv = KvHead {
                 k: k_cache,
                 v: v_cache,
@@ -604,31 +611,44 @@ fn attention_heads(
                 offset: (h / group) * head_dim,
                 head_dim,
             };
-            let q_src = &q_row[h * head_dim..(h + 1) * head_dim];
+            let q_heads = &mut q_group[..n * head_dim];
             // The vector kernel converts Q to the cache's f16 before the dot products.
-            for (d, &s) in q_head.iter_mut().zip(q_src) {
+            for (d, &s) in q_heads.iter_mut().zip(&q_row[h * head_dim..end * head_dim]) {
                 *d = round_to_f16(s);
             }
-            let n_kv = ctx.next_multiple_of(256);
+            let o = &mut out_row[(h - heads.start) * head_dim..(end - heads.start) * head_dim];
+            let (first, second) = states.split_at_mut(group);
+            let (first, second) = (&mut first[..n], &mut second[..n]);
             if single && n_kv >= SPLIT_KV_MIN {
                 // Two chunks of n_kv/2 cells, each with its own online softmax, then merged.
                 // A chunk the window masks entirely has a zero sum and is left out.
                 let mid = (n_kv / 2).min(ctx);
-                let (m0, s0) = attend_vec(&q_head, kv, lo.min(mid)..mid, scale, &mut rows, o);
-                let (m1, s1) = attend_vec(
-                    &q_head,
+                let part = &mut partial[..n * head_dim];
+                attend_vec(q_heads, kv, lo.min(mid)..mid, scale, &mut rows, o, first);
+                attend_vec(
+                    q_heads,
                     kv,
                     lo.max(mid)..ctx,
                     scale,
                     &mut rows,
-                    &mut partial,
+                    part,
+                    second,
                 );
-                merge_partials(o, (m0, s0), &partial, (m1, s1));
+                for ((o, p), (s0, s1)) in o
+                    .chunks_exact_mut(head_dim)
+                    .zip(part.chunks_exact(head_dim))
+                    .zip(first.iter().zip(second.iter()))
+                {
+                    merge_partials(o, (s0.max, s0.sum), p, (s1.max, s1.sum));
+                }
             } else {
-                let (_, sum) = attend_vec(&q_head, kv, lo..ctx, scale, &mut rows, o);
-                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-                o.iter_mut().for_each(|v| *v *= inv);
+                attend_vec(q_heads, kv, lo..ctx, scale, &mut rows, o, first);
+                for (o, st) in o.chunks_exact_mut(head_dim).zip(first.iter()) {
+                    let inv = if st.sum == 0.0 { 0.0 } else { 1.0 / st.sum };
+                    o.iter_mut().for_each(|v| *v *= inv);
+                }
             }
+            h = end;
         }
     }
 }
@@ -739,10 +759,32 @@ impl KvHead<'_> {
     }
 }
 
-/// ggml's vector flash-attention kernel over `range`: online softmax, the running output
-/// kept in f16 (rounded after every scale and multiply-add). Leaves the unnormalised output
-/// in `o` and returns the running max and sum. `rows` is scratch for one key and one value
-/// row widened to f32 (`2 × head_dim`).
+/// One query head's online softmax in [`attend_vec`]: running max and sum, and the weight of
+/// the current position's value row.
+#[derive(Clone, Copy, Debug)]
+struct Online {
+    max: f32,
+    sum: f32,
+    weight: f32,
+}
+
+impl Default for Online {
+    fn default() -> Self {
+        Self {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+            weight: 0.0,
+        }
+    }
+}
+
+/// ggml's vector flash-attention kernel (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`)
+/// over `range`, for query heads that share the KV head `kv`: `q` and `o` hold one
+/// `head_dim` slice per head, `states` one [`Online`] each. Each K and V row is widened from
+/// f16 once per position for all the heads; each head then takes exactly the steps ggml runs
+/// for it alone: online softmax, the running output kept in f16 (rounded after every scale
+/// and multiply-add). Leaves the unnormalised outputs in `o` and each head's running max and
+/// sum in `states`. `rows` is scratch for one key and one value row (`2 × head_dim`).
 fn attend_vec(
     q: &[f32],
     kv: KvHead<'_>,
@@ -750,50 +792,67 @@ fn attend_vec(
     scale: f32,
     rows: &mut [f32],
     o: &mut [f32],
-) -> (f32, f32) {
-    let (k_row, v_row) = rows.split_at_mut(kv.head_dim);
+    states: &mut [Online],
+) {
+    let head_dim = kv.head_dim;
+    let (k_row, v_row) = rows.split_at_mut(head_dim);
     o.fill(0.0);
-    let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+    states.fill(Online::default());
     for j in range {
         ggml_math::f16_to_f32_slice(kv.k(j), k_row);
-        let s = ggml_math::dot_f16(q, k_row) * scale;
-        let (mut ms, mut vs) = (1f32, 1f32);
-        if s > max {
-            ms = (max - s).exp();
-            max = s;
-            for acc in o.iter_mut() {
-                *acc = round_to_f16(*acc * ms);
+        for ((q, o), st) in q
+            .chunks_exact(head_dim)
+            .zip(o.chunks_exact_mut(head_dim))
+            .zip(states.iter_mut())
+        {
+            let s = ggml_math::dot_f16(q, k_row) * scale;
+            let (mut ms, mut vs) = (1f32, 1f32);
+            if s > st.max {
+                ms = (st.max - s).exp();
+                st.max = s;
+                for acc in o.iter_mut() {
+                    *acc = round_to_f16(*acc * ms);
+                }
+            } else {
+                vs = (s - st.max).exp();
             }
-        } else {
-            vs = (s - max).exp();
+            st.sum = st.sum.mul_add(ms, vs);
+            st.weight = vs;
         }
         ggml_math::f16_to_f32_slice(kv.v(j), v_row);
-        ggml_math::mad_f16(o, v_row, vs);
-        sum = sum.mul_add(ms, vs);
+        for (o, st) in o.chunks_exact_mut(head_dim).zip(states.iter()) {
+            ggml_math::mad_f16(o, v_row, st.weight);
+        }
     }
-    (max, sum)
 }
 
 /// Merges two unnormalised partial results (llama.cpp's split-KV reduction) into `a`,
 /// normalised.
 fn merge_partials(a: &mut [f32], (ma, sa): (f32, f32), b: &[f32], (mb, sb): (f32, f32)) {
+    // The rescale factors of each partial, worked out before the elements: (old, new), or
+    // `None` for a partial with a zero sum.
     let (mut m, mut s) = (f32::NEG_INFINITY, 0f32);
-    let mut acc = vec![0f32; a.len()];
-    for (part, mc, sc) in [(&*a, ma, sa), (b, mb, sb)] {
+    let mut factors = [None; 2];
+    for (f, (mc, sc)) in factors.iter_mut().zip([(ma, sa), (mb, sb)]) {
         if sc == 0.0 {
             continue;
         }
         let m_new = m.max(mc);
         let (scale_old, scale_new) = ((m - m_new).exp(), (mc - m_new).exp());
-        for (x, &p) in acc.iter_mut().zip(part) {
-            *x = x.mul_add(scale_old, p * scale_new);
-        }
+        *f = Some((scale_old, scale_new));
         s = s.mul_add(scale_old, sc * scale_new);
         m = m_new;
     }
     let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
-    for (dst, x) in a.iter_mut().zip(acc) {
-        *dst = x * inv;
+    // Each element runs the same chain from 0 as a whole-row accumulator would.
+    for (x, &y) in a.iter_mut().zip(b) {
+        let mut acc = 0f32;
+        for (p, f) in [*x, y].into_iter().zip(factors) {
+            if let Some((scale_old, scale_new)) = f {
+                acc = acc.mul_add(scale_old, p * scale_new);
+            }
+        }
+        *x = acc * inv;
     }
 }
 
@@ -1113,6 +1172,145 @@ mod tests {
     }
 
     /// Causal attention in f64 for one query row at position `pos` (grouped heads, window).
+    /// Today's decode arithmetic written head by head, as it was before the heads of a group
+    /// shared their K and V rows: the vector kernel for query row `q` (all heads) at context
+    /// `ctx`, split into two merged halves when `single` and the padded length allows.
+    fn per_head_vec(
+        q: &[f32],
+        cache: &KvCache,
+        ctx: usize,
+        single: bool,
+        shape: AttnShape,
+    ) -> Vec<f32> {
+        let AttnShape {
+            n_head,
+            n_head_kv,
+            head_dim,
+            scale,
+            window,
+        } = shape;
+        let group = n_head / n_head_kv;
+        let keys: Vec<Vec<f32>> = (0..ctx).map(|j| cache.row_f32(j, false)).collect();
+        let values: Vec<Vec<f32>> = (0..ctx).map(|j| cache.row_f32(j, true)).collect();
+        let attend = |qh: &[f32], off: usize, range: std::ops::Range<usize>| {
+            let mut o = vec![0f32; head_dim];
+            let (mut max, mut sum) = (f32::NEG_INFINITY, 0f32);
+            for j in range {
+                let s = ggml_math::dot_f16(qh, &keys[j][off..off + head_dim]) * scale;
+                let (mut ms, mut vs) = (1f32, 1f32);
+                if s > max {
+                    ms = (max - s).exp();
+                    max = s;
+                    for acc in &mut o {
+                        *acc = round_to_f16(*acc * ms);
+                    }
+                } else {
+                    vs = (s - max).exp();
+                }
+                ggml_math::mad_f16(&mut o, &values[j][off..off + head_dim], vs);
+                sum = sum.mul_add(ms, vs);
+            }
+            (o, max, sum)
+        };
+        let lo = window.map_or(0, |w| ctx.saturating_sub(w));
+        let n_kv = ctx.next_multiple_of(256);
+        let mut out = Vec::new();
+        for h in 0..n_head {
+            let off = (h / group) * head_dim;
+            let qh: Vec<f32> = q[h * head_dim..(h + 1) * head_dim]
+                .iter()
+                .map(|&x| round_to_f16(x))
+                .collect();
+            if single && n_kv >= SPLIT_KV_MIN {
+                let mid = (n_kv / 2).min(ctx);
+                let parts = [
+                    attend(&qh, off, lo.min(mid)..mid),
+                    attend(&qh, off, lo.max(mid)..ctx),
+                ];
+                let (mut m, mut s) = (f32::NEG_INFINITY, 0f32);
+                let mut acc = vec![0f32; head_dim];
+                for (part, mc, sc) in parts {
+                    if sc == 0.0 {
+                        continue;
+                    }
+                    let m_new = m.max(mc);
+                    let (scale_old, scale_new) = ((m - m_new).exp(), (mc - m_new).exp());
+                    for (x, &p) in acc.iter_mut().zip(&part) {
+                        *x = x.mul_add(scale_old, p * scale_new);
+                    }
+                    s = s.mul_add(scale_old, sc * scale_new);
+                    m = m_new;
+                }
+                let inv = if s == 0.0 { 0.0 } else { 1.0 / s };
+                out.extend(acc.iter().map(|x| x * inv));
+            } else {
+                let (o, _, sum) = attend(&qh, off, lo..ctx);
+                let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+                out.extend(o.iter().map(|x| x * inv));
+            }
+        }
+        out
+    }
+
+    /// The grouped vector kernel gives each head the bits of [`per_head_vec`]: GQA shapes
+    /// (one with a leftover dot-product tail), with and without a window (one masking the
+    /// whole first split-KV half), short contexts and ones long enough to split, decode rows
+    /// alone and small batches, one thread and head ranges that start and end inside groups.
+    #[test]
+    fn grouped_vec_kernel_matches_per_head() {
+        let mut rng = hearth_kernels::testing::Rng(0x51f1_5eed);
+        for (n_head, n_head_kv, head_dim) in [(9, 3, 64), (4, 1, 40), (14, 2, 64)] {
+            let kv_dim = n_head_kv * head_dim;
+            let ctx_max = 800;
+            let mut cache = KvCache::new(KvCacheType::F16, kv_dim, ctx_max);
+            let k = random(&mut rng, ctx_max * kv_dim, 3.0);
+            let v = random(&mut rng, ctx_max * kv_dim, 1.0);
+            cache.append(&k, &v);
+            for window in [None, Some(100), Some(30)] {
+                #[allow(clippy::cast_precision_loss)]
+                let shape = AttnShape {
+                    n_head,
+                    n_head_kv,
+                    head_dim,
+                    scale: 1.0 / (head_dim as f32).sqrt(),
+                    window,
+                };
+                let width = n_head * head_dim;
+                for (ctx, rows) in [(20, 1), (300, 1), (700, 1), (300, 3)] {
+                    let q = random(&mut rng, rows * width, 2.0);
+                    let start = ctx - rows;
+                    let want: Vec<u32> = (0..rows)
+                        .flat_map(|i| {
+                            let row = &q[i * width..(i + 1) * width];
+                            per_head_vec(row, &cache, start + i + 1, rows == 1, shape)
+                        })
+                        .map(f32::to_bits)
+                        .collect();
+                    let mut out = vec![0f32; rows * width];
+                    attention(&Pool::new(2).unwrap(), &q, &cache, start, shape, &mut out);
+                    let got: Vec<u32> = out.iter().map(|x| x.to_bits()).collect();
+                    assert_eq!(got, want, "{shape:?} ctx {ctx} rows {rows}");
+                    // Every head range, as the pool's threads may cut them.
+                    for a in 0..n_head {
+                        for b in a + 1..=n_head {
+                            let mut part = vec![0f32; rows * (b - a) * head_dim];
+                            let mut outs: Vec<&mut [f32]> =
+                                part.chunks_exact_mut((b - a) * head_dim).collect();
+                            attention_heads(&q, &cache, start, shape, a..b, &mut outs);
+                            drop(outs);
+                            for (i, got) in part.chunks_exact((b - a) * head_dim).enumerate() {
+                                let at = i * width;
+                                let want = &want[at + a * head_dim..at + b * head_dim];
+                                let got: Vec<u32> = got.iter().map(|x| x.to_bits()).collect();
+                                assert_eq!(got, want, "{shape:?} ctx {ctx} heads {a}..{b}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     fn reference_row(q: &[f32], k: &[f32], v: &[f32], pos: usize, shape: AttnShape) -> Vec<f64> {
         let AttnShape {
             n_head,
