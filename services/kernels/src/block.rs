@@ -62,6 +62,10 @@ pub fn dot_rows(isa: Isa, w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]
         // SAFETY: `Isa::Avx2Fma` is only returned by `Isa::detect` after
         // `is_x86_feature_detected!` reported both AVX2 and FMA on this CPU.
         Isa::Avx2Fma => unsafe { dot_rows_avx2(w, acts, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Vnni` is only returned by `Isa::detect` after
+        // `is_x86_feature_detected!` reported AVX2, FMA, AVX512-VNNI and AVX512-VL.
+        Isa::Avx2Vnni => unsafe { dot_rows_avx2_vnni(w, acts, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `Isa::Neon` is only returned by `Isa::detect` after
         // `is_aarch64_feature_detected!` reported NEON.
@@ -83,6 +87,14 @@ unsafe fn dot_rows_avx2(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) 
     unsafe { x86::dot_rows(w, acts, out) }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2_vnni(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+    // SAFETY: this function only runs where AVX2, FMA and the 256-bit VNNI are available
+    // (see `dot_rows`).
+    unsafe { x86::dot_rows_vnni(w, acts, out) }
+}
+
 /// The AVX2 version with explicit intrinsics, as ggml's `ggml_vec_dot_q4_0_q8_0` & co. do it:
 /// `maddubs` + `madd` leave the eight lanes of four products, `cvtepi32_ps` and `fmadd` with
 /// the product of the block scales accumulate them. (LLVM's auto-vectorisation of the
@@ -95,10 +107,10 @@ pub(crate) mod x86 {
     use std::arch::x86_64::{
         __m256i, _mm_loadu_si128, _mm_srli_epi16, _mm256_and_si256, _mm256_cmpeq_epi8,
         _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_si256, _mm256_madd_epi16,
-        _mm256_maddubs_epi16, _mm256_or_si256, _mm256_set_epi64x, _mm256_set_m128i,
+        _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256, _mm256_set_epi64x, _mm256_set_m128i,
         _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set1_ps,
-        _mm256_setzero_ps, _mm256_shuffle_epi8, _mm256_sign_epi8, _mm256_storeu_ps,
-        _mm256_sub_epi8,
+        _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_sign_epi8,
+        _mm256_storeu_ps, _mm256_sub_epi8, _mm256_sub_epi32, _mm256_xor_si256,
     };
 
     use super::{ActRow, QK, WeightRow, hsum8};
@@ -252,6 +264,150 @@ pub(crate) mod x86 {
                     let sy = if unsigned { y } else { _mm256_sign_epi8(y, x) };
                     let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
                     let dd = _mm256_set1_ps(dx * *a.d.get_unchecked(b));
+                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
+                    if unsigned {
+                        summs[r] += w.m[b] * *a.s.get_unchecked(b);
+                    }
+                }
+            }
+            for r in 0..R {
+                let mut l = [0f32; 8];
+                _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
+                out[r] = hsum8(l) + summs[r];
+            }
+        }
+    }
+
+    /// `acc + Σ a·b` over each four bytes (`a` unsigned, `b` signed) into eight `i32` lanes:
+    /// AVX-512 VNNI's `vpdpbusd` on 256-bit registers. Written as inline assembly so the
+    /// crate keeps building on Rust 1.85, where the intrinsic is not stable.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dpbusd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        let mut acc = acc;
+        // SAFETY: register-only instruction; the caller runs only where AVX512-VNNI and
+        // AVX512-VL are present (see `Isa::Avx2Vnni`).
+        unsafe {
+            std::arch::asm!(
+                "vpdpbusd {acc}, {a}, {b}",
+                acc = inout(ymm_reg) acc,
+                a = in(ymm_reg) a,
+                b = in(ymm_reg) b,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+        }
+        acc
+    }
+
+    /// See [`super::dot_rows`]: the VNNI version. `vpdpbusd` multiplies unsigned bytes by
+    /// signed ones, so the activations are made unsigned (`y + 128`, a flipped sign bit) and
+    /// each weight block's `128 · Σx` (one `vpdpbusd` per block, shared by all activation
+    /// rows) starts the lanes at minus that: `Σ (y + 128)·x − 128·Σx` leaves exactly the
+    /// eight lanes of `Σ x·y` the AVX2 version builds with `sign`, `maddubs` and `madd`, in
+    /// one instruction per activation row. Q4_1's weights are unsigned already and multiply
+    /// the activations directly. The rest (scales, `fmadd`, `hsum8`, Q4_1's minimums) is the
+    /// AVX2 version's arithmetic, so the results are the same bits.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows_vnni(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+        let mut row = Row {
+            d: &[],
+            m: &[],
+            nib: &[],
+            qh: &[],
+            q8: &[],
+        };
+        // SAFETY (all calls below): AVX2, FMA and VNNI are available (this function's
+        // requirement).
+        match w {
+            WeightRow::Q4_0 { d, qs } => {
+                (row.d, row.nib) = (d, qs);
+                unsafe { dot_format_vnni::<Q4_0>(&row, acts, out) }
+            }
+            WeightRow::Q4_1 { d, m, qs } => {
+                (row.d, row.m, row.nib) = (d, m, qs);
+                unsafe { dot_format_vnni::<Q4_1>(&row, acts, out) }
+            }
+            WeightRow::Q5_0 { d, qh, qs } => {
+                (row.d, row.qh, row.nib) = (d, qh, qs);
+                unsafe { dot_format_vnni::<Q5_0>(&row, acts, out) }
+            }
+            WeightRow::Q8_0 { d, qs } => {
+                (row.d, row.q8) = (d, qs);
+                unsafe { dot_format_vnni::<Q8_0>(&row, acts, out) }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_format_vnni<const F: u8>(w: &Row<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+        // Eight rows share each unpacked weight block (the accumulators and the shared
+        // values just fit the sixteen registers), then four, then one by one.
+        let mut groups = acts.chunks_exact(8);
+        let mut outs = out.chunks_exact_mut(8);
+        for (a, o) in (&mut groups).zip(&mut outs) {
+            // SAFETY: AVX2, FMA and VNNI are available (this function's own requirement).
+            unsafe { dot_group_vnni::<8, F>(w, a, o) };
+        }
+        let mut groups = groups.remainder().chunks_exact(4);
+        let mut outs = outs.into_remainder().chunks_exact_mut(4);
+        for (a, o) in (&mut groups).zip(&mut outs) {
+            // SAFETY: as above.
+            unsafe { dot_group_vnni::<4, F>(w, a, o) };
+        }
+        for (a, o) in groups
+            .remainder()
+            .chunks(1)
+            .zip(outs.into_remainder().chunks_mut(1))
+        {
+            // SAFETY: as above.
+            unsafe { dot_group_vnni::<1, F>(w, a, o) };
+        }
+    }
+
+    /// `R` activation rows (`acts.len() == out.len() == R`) against one weight row.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_group_vnni<const R: usize, const F: u8>(
+        w: &Row<'_>,
+        acts: &[ActRow<'_>],
+        out: &mut [f32],
+    ) {
+        let unsigned = F == Q4_1;
+        let nb = w.d.len();
+        let acts: &[ActRow<'_>; R] = acts.try_into().expect("R activation rows");
+        // Every row has the weight row's block count, so the loop below indexes in bounds.
+        for a in acts {
+            assert!(a.d.len() >= nb && a.qs.len() >= nb && (!unsigned || a.s.len() >= nb));
+        }
+        // SAFETY: the loads read whole `[i8; QK]` blocks; the store writes an `[f32; 8]`.
+        unsafe {
+            let flip = _mm256_set1_epi8(-128);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut summs = [0f32; R];
+            for (b, &dx) in w.d.iter().enumerate() {
+                let x = block::<F>(w, b);
+                // Minus 128·Σx per lane (0x80 read as unsigned is 128).
+                let start = if unsigned {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_sub_epi32(
+                        _mm256_setzero_si256(),
+                        dpbusd(_mm256_setzero_si256(), flip, x),
+                    )
+                };
+                let dxv = _mm256_set1_ps(dx);
+                for r in 0..R {
+                    let a = &acts[r];
+                    let qy: &[i8; QK] = a.qs.get_unchecked(b);
+                    let y = _mm256_loadu_si256(qy.as_ptr().cast());
+                    let lanes = if unsigned {
+                        dpbusd(start, x, y)
+                    } else {
+                        dpbusd(start, _mm256_xor_si256(y, flip), x)
+                    };
+                    // dx · dy rounded once, as the AVX2 version's scalar product.
+                    let dd = _mm256_mul_ps(dxv, _mm256_set1_ps(*a.d.get_unchecked(b)));
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
                     if unsigned {
                         summs[r] += w.m[b] * *a.s.get_unchecked(b);
@@ -540,6 +696,42 @@ mod tests {
                         "{isa:?} blocks {blocks}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Q8_0 weights and activations at the ends of the i8 range (-128 included, outside what
+    /// the quantizers write): the VNNI version gives the exact product, as the portable body
+    /// does, -128·-128 included (where the AVX2 version's `sign` trick, like ggml's, wraps).
+    #[test]
+    fn q8_0_extremes_are_exact() {
+        let blocks = 3;
+        let d = vec![0.5f32; blocks];
+        for (wv, av) in [
+            (-128i8, 127i8),
+            (-128, -127),
+            (127, 127),
+            (127, -128),
+            (-128, -128),
+        ] {
+            let w_q = vec![[wv; QK]; blocks];
+            let a_q = vec![[av; QK]; blocks];
+            let w = WeightRow::Q8_0 { d: &d, qs: &w_q };
+            #[allow(clippy::cast_precision_loss)]
+            let exact = f32::from(wv) * f32::from(av) * (QK * blocks) as f32 * 0.25;
+            let acts = [ActRow {
+                d: &d,
+                s: &[],
+                qs: &a_q,
+            }];
+            for isa in isas() {
+                #[cfg(target_arch = "x86_64")]
+                if wv == -128 && av == -128 && isa == Isa::Avx2Fma {
+                    continue;
+                }
+                let mut got = [0f32];
+                dot_rows(isa, w, &acts, &mut got);
+                assert_eq!(got[0], exact, "{isa:?} {wv}·{av}");
             }
         }
     }

@@ -210,9 +210,9 @@ pub fn dot_rows_k(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) 
     match isa {
         Isa::Portable => dot_rows_body::<false>(w, acts, out),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Fma` is only returned by `Isa::detect` after
-        // `is_x86_feature_detected!` reported both AVX2 and FMA on this CPU.
-        Isa::Avx2Fma => unsafe { dot_rows_avx2(w, acts, out) },
+        // SAFETY: `Isa::Avx2Fma` and `Isa::Avx2Vnni` are only returned by `Isa::detect`
+        // after `is_x86_feature_detected!` reported both AVX2 and FMA on this CPU.
+        Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { dot_rows_avx2(w, acts, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `Isa::Neon` is only returned by `Isa::detect` after
         // `is_aarch64_feature_detected!` reported NEON.

@@ -29,6 +29,12 @@ pub enum Isa {
     /// AVX2 + FMA (x86-64), detected at run time.
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// AVX2 + FMA, and AVX-512 VNNI with AVX-512VL for the 256-bit `vpdpbusd` (Ice Lake and
+    /// later, Zen 4 and later), detected at run time: the 32-element block kernels multiply
+    /// unsigned weight bytes with the activations in one instruction ([`block`]); the
+    /// K-quants run their AVX2 version.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Vnni,
     /// NEON (aarch64), with fused multiply-adds; the integer products widen with `smull`.
     #[cfg(target_arch = "aarch64")]
     Neon,
@@ -38,7 +44,8 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best version this CPU runs; `HEARTH_KERNELS=portable` forces the fallback.
+    /// The best version this CPU runs; `HEARTH_KERNELS=portable` forces the fallback and
+    /// `HEARTH_KERNELS=avx2` the AVX2 version without VNNI (for comparisons).
     pub fn detect() -> Self {
         if std::env::var("HEARTH_KERNELS").is_ok_and(|v| v == "portable") {
             return Isa::Portable;
@@ -46,6 +53,9 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            if vnni() && !std::env::var("HEARTH_KERNELS").is_ok_and(|v| v == "avx2") {
+                return Isa::Avx2Vnni;
+            }
             return Isa::Avx2Fma;
         }
         #[cfg(target_arch = "aarch64")]
@@ -67,6 +77,9 @@ impl Isa {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             v.push(Isa::Avx2Fma);
+            if vnni() {
+                v.push(Isa::Avx2Vnni);
+            }
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
@@ -77,6 +90,13 @@ impl Isa {
         }
         v
     }
+}
+
+/// Whether this CPU has the 256-bit `vpdpbusd` of AVX-512 VNNI (with AVX-512VL).
+#[cfg(target_arch = "x86_64")]
+fn vnni() -> bool {
+    std::arch::is_x86_feature_detected!("avx512vnni")
+        && std::arch::is_x86_feature_detected!("avx512vl")
 }
 
 /// Rounds to nearest, ties to even, for `|v| ≤ 2^22` (and NaN to NaN) the way ggml's
