@@ -132,6 +132,9 @@ fn reduce16(a: &[f32; 16]) -> f32 {
     p0 + p1
 }
 
+// The f32-input dot product the attention kernel used before it read f16 rows directly;
+// kept as the reference [`dot_f16_bits`] is tested against.
+#[cfg(test)]
 dispatch!(
     /// ggml's `ggml_vec_dot_f16` on AVX-512 (see [`dot_f16_body`]).
     fn dot_f16 / dot_f16_fast = dot_f16_body(x: &[f32], y: &[f32]) -> f32
@@ -140,10 +143,42 @@ dispatch!(
 /// ggml's `ggml_vec_dot_f16` on AVX-512 (no FP16 arithmetic): four 16-lane f32 accumulators
 /// of fused multiply-adds per 64 elements, folded 0+2, 1+3, 0+1, reduced in a tree, then the
 /// leftovers added one by one in f64. `x` and `y` hold f16 values widened to f32.
+#[cfg(test)]
+#[inline(always)]
+fn dot_f16_body(x: &[f32], y: &[f32]) -> f32 {
+    dot_lanes(x, y, |v| v)
+}
+
+dispatch!(
+    /// [`dot_f16_bits`] without F16C: each f16 widened in its lane.
+    fn dot_f16_bits_lanes / dot_f16_bits_lanes_fast = dot_f16_bits_body(x: &[f32], y: &[u16]) -> f32
+);
+
+#[inline(always)]
+fn dot_f16_bits_body(x: &[f32], y: &[u16]) -> f32 {
+    dot_lanes(x, y, hearth_kernels::f16_to_f32)
+}
+
+/// ggml's `ggml_vec_dot_f16` on AVX-512 (no FP16 arithmetic) of `x` (f16 values widened to
+/// f32) with the f16 bit patterns `y`, widened as they are read: four 16-lane f32
+/// accumulators of fused multiply-adds per 64 elements, folded 0+2, 1+3, 0+1, reduced in a
+/// tree, then the leftovers added one by one in f64. With AVX2, FMA and F16C the lanes are
+/// eight-wide registers and `vcvtph2ps` widens `y`, as ggml's `GGML_F32Cx16_LOAD` does;
+/// widening is exact, so the bits are those of widening `y` first.
+pub fn dot_f16_bits(x: &[f32], y: &[u16]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if fma() && f16c() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time just above).
+        return unsafe { f16c::dot_f16(x, y) };
+    }
+    dot_f16_bits_lanes(x, y)
+}
+
+/// The lane structure of [`dot_f16_bits`], each `y` value passed through `widen`.
 // Lane indices mirror the SIMD registers.
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-fn dot_f16_body(x: &[f32], y: &[f32]) -> f32 {
+fn dot_lanes<T: Copy>(x: &[f32], y: &[T], widen: impl Fn(T) -> f32) -> f32 {
     let n = x.len().min(y.len());
     let np = n & !63;
     let mut sum = [[0f32; 16]; 4];
@@ -151,7 +186,7 @@ fn dot_f16_body(x: &[f32], y: &[f32]) -> f32 {
         for (j, acc) in sum.iter_mut().enumerate() {
             let base = i + 16 * j;
             for (l, a) in acc.iter_mut().enumerate() {
-                *a = x[base + l].mul_add(y[base + l], *a);
+                *a = x[base + l].mul_add(widen(y[base + l]), *a);
             }
         }
     }
@@ -162,9 +197,16 @@ fn dot_f16_body(x: &[f32], y: &[f32]) -> f32 {
     for l in 0..16 {
         sum[0][l] += sum[1][l];
     }
-    let mut total = f64::from(reduce16(&sum[0]));
-    for i in np..n {
-        total += f64::from(x[i] * y[i]);
+    dot_tail(&sum[0], &x[np..n], &y[np..n], widen)
+}
+
+/// The end of [`dot_lanes`]: the folded 16 lanes reduced in a tree, then the leftover
+/// products added one by one in f64.
+#[inline(always)]
+fn dot_tail<T: Copy>(lanes: &[f32; 16], x: &[f32], y: &[T], widen: impl Fn(T) -> f32) -> f32 {
+    let mut total = f64::from(reduce16(lanes));
+    for (&a, &b) in x.iter().zip(y) {
+        total += f64::from(a * widen(b));
     }
     #[allow(clippy::cast_possible_truncation)]
     let s = total as f32;
@@ -226,17 +268,47 @@ fn accumulate_values_body(p: &[f32], values: &[f32], out: &mut [f32]) {
     }
 }
 
+// The f32-input multiply-add the attention kernel used before it read f16 rows directly;
+// kept as the reference [`mad_f16_bits`] is tested against.
+#[cfg(test)]
 dispatch!(
     /// ggml's `ggml_vec_mad_f16`: `acc = f16(fma(v, w, acc))` elementwise, the accumulator
     /// held in f16 (as f32 values that are exactly f16).
     fn mad_f16 / mad_f16_fast = mad_f16_body(acc: &mut [f32], values: &[f32], w: f32) -> ()
 );
 
+#[cfg(test)]
 #[inline(always)]
 fn mad_f16_body(acc: &mut [f32], values: &[f32], w: f32) {
     for (a, &v) in acc.iter_mut().zip(values) {
         *a = super::ops::round_to_f16(v.mul_add(w, *a));
     }
+}
+
+dispatch!(
+    /// [`mad_f16_bits`] without F16C: each f16 widened and each sum rounded in its lane.
+    fn mad_f16_bits_lanes / mad_f16_bits_lanes_fast = mad_f16_bits_body(acc: &mut [f32], values: &[u16], w: f32) -> ()
+);
+
+#[inline(always)]
+fn mad_f16_bits_body(acc: &mut [f32], values: &[u16], w: f32) {
+    for (a, &v) in acc.iter_mut().zip(values) {
+        *a = super::ops::round_to_f16(hearth_kernels::f16_to_f32(v).mul_add(w, *a));
+    }
+}
+
+/// ggml's `ggml_vec_mad_f16`: `acc = f16(fma(v, w, acc))` elementwise, the accumulator held
+/// in f16 (as f32 values that are exactly f16), the values given as f16 bit patterns and
+/// widened as they are read. With AVX2, FMA and F16C eight lanes at a time, the f16 rounding of
+/// the accumulator a `vcvtps2ph`/`vcvtph2ps` round trip, as ggml's `GGML_F32Cx16_STORE` then
+/// `GGML_F32Cx16_LOAD` of its f16 accumulator.
+pub fn mad_f16_bits(acc: &mut [f32], values: &[u16], w: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if fma() && f16c() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time just above).
+        return unsafe { f16c::mad_f16(acc, values, w) };
+    }
+    mad_f16_bits_lanes(acc, values, w);
 }
 
 dispatch!(
@@ -326,9 +398,74 @@ pub fn f32_to_f16_slice(src: &[f32], dst: &mut [u16]) {
 #[allow(unused_unsafe)]
 mod f16c {
     use std::arch::x86_64::{
-        _MM_FROUND_TO_NEAREST_INT, _mm_loadu_si128, _mm_storeu_si128, _mm256_cvtph_ps,
-        _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_storeu_ps,
+        __m256, _CMP_UNORD_Q, _MM_FROUND_TO_NEAREST_INT, _mm_loadu_si128, _mm_storeu_si128,
+        _mm256_add_ps, _mm256_blendv_ps, _mm256_cmp_ps, _mm256_cvtph_ps, _mm256_cvtps_ph,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
+
+    /// Eight f16 bit patterns widened to f32 (`vcvtph2ps`).
+    #[inline(always)]
+    unsafe fn load_f16(src: &[u16]) -> __m256 {
+        debug_assert!(src.len() >= 8);
+        // SAFETY: the caller's CPU has F16C; `src` holds at least 8 u16 (16 bytes).
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().cast())) }
+    }
+
+    /// [`super::dot_f16_bits`] in registers: lane `l` of the body's accumulator `j` is lane
+    /// `l % 8` of `acc[2j + l / 8]`, each taking the same fused multiply-adds in the same order.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16(x: &[f32], y: &[u16]) -> f32 {
+        let n = x.len().min(y.len());
+        let np = n & !63;
+        let mut acc = [unsafe { _mm256_setzero_ps() }; 8];
+        for (xc, yc) in x[..np].chunks_exact(64).zip(y[..np].chunks_exact(64)) {
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the CPU has AVX2, FMA and F16C (this function's contract); each
+                // chunk holds 64 values, so 8 from `8 * k` are in bounds.
+                unsafe {
+                    let xv = _mm256_loadu_ps(xc[8 * k..].as_ptr());
+                    *a = _mm256_fmadd_ps(xv, load_f16(&yc[8 * k..]), *a);
+                }
+            }
+        }
+        let mut lanes = [0f32; 16];
+        // SAFETY: as above; `lanes` holds 16 writable f32.
+        unsafe {
+            // sum0 += sum2, sum1 += sum3, then sum0 += sum1, lane by lane.
+            let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+            let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+            _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+            _mm256_storeu_ps(lanes[8..].as_mut_ptr(), hi);
+        }
+        super::dot_tail(&lanes, &x[np..n], &y[np..n], hearth_kernels::f16_to_f32)
+    }
+
+    /// [`super::mad_f16_bits`] in registers. The f16 round trip rounds as `round_to_f16`
+    /// (nearest, ties to even, overflow to infinity); a NaN sum is kept as it is, as
+    /// `round_to_f16` keeps it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mad_f16(acc: &mut [f32], values: &[u16], w: f32) {
+        let n = acc.len().min(values.len());
+        let whole = n & !7;
+        // SAFETY: the CPU has AVX2, FMA and F16C (this function's contract).
+        let wv = unsafe { _mm256_set1_ps(w) };
+        for (a, v) in acc[..whole]
+            .chunks_exact_mut(8)
+            .zip(values[..whole].chunks_exact(8))
+        {
+            // SAFETY: as above; `a` is 8 writable f32 and `v` 8 readable u16.
+            unsafe {
+                let sum = _mm256_fmadd_ps(load_f16(v), wv, _mm256_loadu_ps(a.as_ptr()));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sum);
+                let rounded = _mm256_cvtph_ps(h);
+                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(sum, sum);
+                _mm256_storeu_ps(a.as_mut_ptr(), _mm256_blendv_ps(rounded, sum, nan));
+            }
+        }
+        for (a, &v) in acc[whole..n].iter_mut().zip(&values[whole..n]) {
+            *a = super::super::ops::round_to_f16(hearth_kernels::f16_to_f32(v).mul_add(w, *a));
+        }
+    }
 
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn to_f32(src: &[u16], dst: &mut [f32]) {
@@ -453,6 +590,76 @@ mod tests {
             mad_f32(&mut a, &x, 0.37);
             mad_f32_body(&mut b, &x, 0.37);
             assert_eq!(a, b);
+        }
+    }
+
+    /// The f16-reading dot product and multiply-add (F16C build, lane build, plain body) give
+    /// the bits of widening the row first and calling [`dot_f16`] / [`mad_f16`], on random
+    /// f16 values over the whole finite range (subnormals included) and odd lengths.
+    #[test]
+    fn f16_bits_variants_agree_with_widening_first() {
+        let mut rng = hearth_kernels::testing::Rng(0x2545_f491);
+        let mut bits = || loop {
+            // Any finite f16 (exponent field below 31), either sign.
+            #[allow(clippy::cast_possible_truncation)]
+            let h = rng.next_u64() as u16;
+            if (h >> 10) & 0x1f != 0x1f {
+                break h;
+            }
+        };
+        for n in [1, 7, 8, 9, 15, 16, 63, 64, 65, 127, 128, 130, 200, 256, 257] {
+            let y: Vec<u16> = (0..n).map(|_| bits()).collect();
+            let mut wide = vec![0f32; n];
+            f16_to_f32_slice(&y, &mut wide);
+            // Small queries keep the dot products finite; big ones overflow some of them.
+            for amp in [1e-3f32, 1.0, 1e3] {
+                let x: Vec<f32> = (0..n)
+                    .map(|_| hearth_kernels::f16_to_f32(bits()) * amp)
+                    .collect();
+                let want = dot_f16(&x, &wide).to_bits();
+                assert_eq!(dot_f16_bits(&x, &y).to_bits(), want, "n {n}");
+                assert_eq!(dot_f16_bits_lanes(&x, &y).to_bits(), want, "n {n}");
+                assert_eq!(dot_f16_bits_body(&x, &y).to_bits(), want, "n {n}");
+                assert_eq!(dot_f16_body(&x, &wide).to_bits(), want, "n {n}");
+            }
+            // Accumulators that are f16 values, some near the overflow boundary, and
+            // weights that round, overflow and underflow.
+            let acc: Vec<f32> = (0..n).map(|_| hearth_kernels::f16_to_f32(bits())).collect();
+            for w in [0.37f32, 1.0, -2.5e-3, 3.1e4, 1e-9, 0.0] {
+                let mut want = acc.clone();
+                mad_f16(&mut want, &wide, w);
+                let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                for f in [mad_f16_bits, mad_f16_bits_lanes, mad_f16_bits_body] {
+                    let mut got = acc.clone();
+                    f(&mut got, &y, w);
+                    let got: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, want, "n {n} w {w}");
+                }
+            }
+        }
+        // Infinities in the accumulator and the values stay infinite; a NaN sum stays NaN.
+        let y = [0x7c00u16, 0xfc00, 0x3c00, 0x3c00, 0, 0, 0, 0, 0x7c00];
+        let acc = [
+            1f32,
+            1.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            2.0,
+            3.0,
+            f32::NAN,
+        ];
+        let mut wide = [0f32; 9];
+        f16_to_f32_slice(&y, &mut wide);
+        let (mut a, mut b) = (acc, acc);
+        mad_f16(&mut a, &wide, 0.5);
+        mad_f16_bits(&mut b, &y, 0.5);
+        for (a, b) in a.iter().zip(&b) {
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{a} {b}"
+            );
         }
     }
 

@@ -587,11 +587,10 @@ fn attention_heads(
     }
     let single = outs.len() == 1;
     // Scratch for one group of query heads (those sharing a KV head): f16-rounded queries,
-    // the second split-KV partial, the two partials' softmax states, one K and one V row.
+    // the second split-KV partial and the two partials' softmax states.
     let mut q_group = vec![0f32; group * head_dim];
     let mut partial = vec![0f32; group * head_dim];
     let mut states = vec![Online::default(); 2 * group];
-    let mut rows = vec![0f32; 2 * head_dim];
     for (i, out_row) in outs.iter_mut().enumerate() {
         let ctx = start + i + 1;
         // First position the sliding window lets this query see (masked cells are skipped).
@@ -624,16 +623,8 @@ fn attention_heads(
                 // A chunk the window masks entirely has a zero sum and is left out.
                 let mid = (n_kv / 2).min(ctx);
                 let part = &mut partial[..n * head_dim];
-                attend_vec(q_heads, kv, lo.min(mid)..mid, scale, &mut rows, o, first);
-                attend_vec(
-                    q_heads,
-                    kv,
-                    lo.max(mid)..ctx,
-                    scale,
-                    &mut rows,
-                    part,
-                    second,
-                );
+                attend_vec(q_heads, kv, lo.min(mid)..mid, scale, o, first);
+                attend_vec(q_heads, kv, lo.max(mid)..ctx, scale, part, second);
                 for ((o, p), (s0, s1)) in o
                     .chunks_exact_mut(head_dim)
                     .zip(part.chunks_exact(head_dim))
@@ -642,7 +633,7 @@ fn attention_heads(
                     merge_partials(o, (s0.max, s0.sum), p, (s1.max, s1.sum));
                 }
             } else {
-                attend_vec(q_heads, kv, lo..ctx, scale, &mut rows, o, first);
+                attend_vec(q_heads, kv, lo..ctx, scale, o, first);
                 for (o, st) in o.chunks_exact_mut(head_dim).zip(first.iter()) {
                     let inv = if st.sum == 0.0 { 0.0 } else { 1.0 / st.sum };
                     o.iter_mut().for_each(|v| *v *= inv);
@@ -780,32 +771,31 @@ impl Default for Online {
 
 /// ggml's vector flash-attention kernel (`ggml_compute_forward_flash_attn_ext_f16_one_chunk`)
 /// over `range`, for query heads that share the KV head `kv`: `q` and `o` hold one
-/// `head_dim` slice per head, `states` one [`Online`] each. Each K and V row is widened from
-/// f16 once per position for all the heads; each head then takes exactly the steps ggml runs
-/// for it alone: online softmax, the running output kept in f16 (rounded after every scale
-/// and multiply-add). Leaves the unnormalised outputs in `o` and each head's running max and
-/// sum in `states`. `rows` is scratch for one key and one value row (`2 × head_dim`).
+/// `head_dim` slice per head, `states` one [`Online`] each. The heads walk the positions
+/// together (each K and V row fetched once per position for all of them); each head takes
+/// exactly the steps ggml runs for it alone: online softmax, the running output kept in f16
+/// (rounded after every scale and multiply-add). The f16 rows are widened as the dot product
+/// and multiply-add read them. Leaves the unnormalised outputs in `o` and each head's running
+/// max and sum in `states`.
 fn attend_vec(
     q: &[f32],
     kv: KvHead<'_>,
     range: std::ops::Range<usize>,
     scale: f32,
-    rows: &mut [f32],
     o: &mut [f32],
     states: &mut [Online],
 ) {
     let head_dim = kv.head_dim;
-    let (k_row, v_row) = rows.split_at_mut(head_dim);
     o.fill(0.0);
     states.fill(Online::default());
     for j in range {
-        ggml_math::f16_to_f32_slice(kv.k(j), k_row);
+        let k_row = kv.k(j);
         for ((q, o), st) in q
             .chunks_exact(head_dim)
             .zip(o.chunks_exact_mut(head_dim))
             .zip(states.iter_mut())
         {
-            let s = ggml_math::dot_f16(q, k_row) * scale;
+            let s = ggml_math::dot_f16_bits(q, k_row) * scale;
             let (mut ms, mut vs) = (1f32, 1f32);
             if s > st.max {
                 ms = (st.max - s).exp();
@@ -819,9 +809,9 @@ fn attend_vec(
             st.sum = st.sum.mul_add(ms, vs);
             st.weight = vs;
         }
-        ggml_math::f16_to_f32_slice(kv.v(j), v_row);
+        let v_row = kv.v(j);
         for (o, st) in o.chunks_exact_mut(head_dim).zip(states.iter()) {
-            ggml_math::mad_f16(o, v_row, st.weight);
+            ggml_math::mad_f16_bits(o, v_row, st.weight);
         }
     }
 }
