@@ -76,6 +76,123 @@ pub fn dot_rows(isa: Isa, w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]
     }
 }
 
+/// Rows per [`ActPanel`].
+pub const PANEL_ROWS: usize = 8;
+
+/// One block of [`PANEL_ROWS`] activation rows, interleaved: the rows' scales side by side
+/// (one vector), their Q8_1 block sums likewise, and their 32 values one after another,
+/// stored as unsigned bytes `q + 128` for the Q8_0 format (what `vpdpbusd` multiplies) and as
+/// they are for Q8_1.
+#[derive(Clone, Copy)]
+pub struct PanelBlock {
+    pub d: [f32; PANEL_ROWS],
+    pub s: [f32; PANEL_ROWS],
+    pub qs: [[u8; QK]; PANEL_ROWS],
+}
+
+/// [`PANEL_ROWS`] activation rows in the layout the VNNI kernels read fastest: block after
+/// block, each a [`PanelBlock`]. Building one copies the rows once per product; every weight
+/// row then reads it as one stream instead of eight, takes the eight scale products in one
+/// multiply, and needs no per-row sign flip.
+pub struct ActPanel {
+    /// Whether the rows are Q8_1 (kept signed, with block sums) rather than Q8_0 (flipped).
+    q8_1: bool,
+    blocks: Vec<PanelBlock>,
+}
+
+impl ActPanel {
+    /// Interleaves `rows` (Q8_1 when `q8_1`: their `s` is used; otherwise Q8_0).
+    pub fn new(rows: &[ActRow<'_>; PANEL_ROWS], q8_1: bool) -> Self {
+        let nb = rows
+            .iter()
+            .map(|r| r.d.len().min(r.qs.len()))
+            .min()
+            .unwrap_or(0);
+        let blocks = (0..nb)
+            .map(|b| {
+                let mut block = PanelBlock {
+                    d: [0.0; PANEL_ROWS],
+                    s: [0.0; PANEL_ROWS],
+                    qs: [[0; QK]; PANEL_ROWS],
+                };
+                for (r, row) in rows.iter().enumerate() {
+                    block.d[r] = row.d[b];
+                    block.s[r] = if q8_1 { row.s[b] } else { 0.0 };
+                    for (o, &q) in block.qs[r].iter_mut().zip(&row.qs[b]) {
+                        // Q8_0: the sign bit flipped is `q + 128` as an unsigned byte.
+                        #[allow(clippy::cast_sign_loss)]
+                        let byte = if q8_1 { q as u8 } else { (q as u8) ^ 0x80 };
+                        *o = byte;
+                    }
+                }
+                block
+            })
+            .collect();
+        Self { q8_1, blocks }
+    }
+
+    /// Blocks per row.
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+}
+
+/// Whether [`dot_panel`] runs on `isa` (the VNNI version only); elsewhere the rows go
+/// through [`dot_rows`].
+pub fn panels_supported(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == Isa::Avx2Vnni
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// Dot products of one weight row with the eight rows of `panel`, bit for bit what
+/// [`dot_rows`] gives for those rows. Returns `false` (nothing written) where
+/// [`panels_supported`] is false, or when the panel's format or length does not fit the row
+/// (Q4_1 takes Q8_1 panels, the others Q8_0 ones).
+pub fn dot_panel(
+    isa: Isa,
+    w: WeightRow<'_>,
+    panel: &ActPanel,
+    out: &mut [f32; PANEL_ROWS],
+) -> bool {
+    let (nb, wants_q8_1) = match w {
+        WeightRow::Q4_1 { d, .. } => (d.len(), true),
+        WeightRow::Q4_0 { d, .. } | WeightRow::Q5_0 { d, .. } | WeightRow::Q8_0 { d, .. } => {
+            (d.len(), false)
+        }
+    };
+    if !panels_supported(isa) || panel.q8_1 != wants_q8_1 || panel.blocks.len() != nb {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: `panels_supported` holds only for `Isa::Avx2Vnni`, which `Isa::detect`
+        // returns only after `is_x86_feature_detected!` reported AVX2, FMA, AVX512-VNNI and
+        // AVX512-VL.
+        unsafe { dot_panel_avx2_vnni(w, &panel.blocks, out) };
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = out;
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_panel_avx2_vnni(w: WeightRow<'_>, panel: &[PanelBlock], out: &mut [f32; PANEL_ROWS]) {
+    // SAFETY: this function only runs where AVX2, FMA and the 256-bit VNNI are available
+    // (see `dot_panel`).
+    unsafe { x86::dot_panel_vnni(w, panel, out) }
+}
+
 /// The aarch64 versions (NEON, NEON + `sdot`), in their own file.
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
@@ -105,15 +222,16 @@ unsafe fn dot_rows_avx2_vnni(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f
 #[allow(unused_unsafe)]
 pub(crate) mod x86 {
     use std::arch::x86_64::{
-        __m256i, _mm_loadu_si128, _mm_srli_epi16, _mm256_and_si256, _mm256_cmpeq_epi8,
-        _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_si256, _mm256_madd_epi16,
-        _mm256_maddubs_epi16, _mm256_mul_ps, _mm256_or_si256, _mm256_set_epi64x, _mm256_set_m128i,
+        __m256i, _mm_loadu_si128, _mm_srli_epi16, _mm256_add_ps, _mm256_and_si256,
+        _mm256_cmpeq_epi8, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
+        _mm256_or_si256, _mm256_permutevar8x32_ps, _mm256_set_epi64x, _mm256_set_m128i,
         _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set1_ps,
         _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_sign_epi8,
         _mm256_storeu_ps, _mm256_sub_epi8, _mm256_sub_epi32, _mm256_xor_si256,
     };
 
-    use super::{ActRow, QK, WeightRow, hsum8};
+    use super::{ActRow, PanelBlock, QK, WeightRow, hsum8};
 
     /// ggml's `bytes_from_nibbles_32`: low nibbles to bytes 0..16, high nibbles to 16..32.
     #[inline]
@@ -334,6 +452,100 @@ pub(crate) mod x86 {
             WeightRow::Q8_0 { d, qs } => {
                 (row.d, row.q8) = (d, qs);
                 unsafe { dot_format_vnni::<Q8_0>(&row, acts, out) }
+            }
+        }
+    }
+
+    /// See [`super::dot_panel`]: [`dot_group_vnni`]'s arithmetic for eight rows, reading the
+    /// interleaved panel (the eight scale products in one multiply, the activations already
+    /// flipped; Q4_1's minimum terms `m·s` for the eight rows in one multiply and one add,
+    /// each rounded as the scalar ones).
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_panel_vnni(w: WeightRow<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
+        let mut row = Row {
+            d: &[],
+            m: &[],
+            nib: &[],
+            qh: &[],
+            q8: &[],
+        };
+        // SAFETY (all calls below): AVX2, FMA and VNNI are available (this function's
+        // requirement).
+        match w {
+            WeightRow::Q4_0 { d, qs } => {
+                (row.d, row.nib) = (d, qs);
+                unsafe { panel_format::<Q4_0>(&row, panel, out) }
+            }
+            WeightRow::Q4_1 { d, m, qs } => {
+                (row.d, row.m, row.nib) = (d, m, qs);
+                unsafe { panel_format::<Q4_1>(&row, panel, out) }
+            }
+            WeightRow::Q5_0 { d, qh, qs } => {
+                (row.d, row.qh, row.nib) = (d, qh, qs);
+                unsafe { panel_format::<Q5_0>(&row, panel, out) }
+            }
+            WeightRow::Q8_0 { d, qs } => {
+                (row.d, row.q8) = (d, qs);
+                unsafe { panel_format::<Q8_0>(&row, panel, out) }
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn panel_format<const F: u8>(w: &Row<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
+        let unsigned = F == Q4_1;
+        let nb = w.d.len();
+        assert!(panel.len() == nb);
+        assert!(match F {
+            Q4_0 => w.nib.len() >= nb,
+            Q4_1 => w.nib.len() >= nb && w.m.len() >= nb,
+            Q5_0 => w.nib.len() >= nb && w.qh.len() >= nb,
+            _ => w.q8.len() >= nb,
+        });
+        // SAFETY: every load reads a whole array of the panel block or the weight row (block
+        // indices checked above); the stores write `[f32; 8]`s.
+        unsafe {
+            let flip = _mm256_set1_epi8(-128);
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut summs = _mm256_setzero_ps();
+            for (b, p) in panel.iter().enumerate() {
+                let x = block::<F>(w, b);
+                // Minus 128·Σx per lane, for the flipped activations.
+                let start = if unsigned {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_sub_epi32(
+                        _mm256_setzero_si256(),
+                        dpbusd(_mm256_setzero_si256(), flip, x),
+                    )
+                };
+                let dx = *w.d.get_unchecked(b);
+                let dd = _mm256_mul_ps(_mm256_set1_ps(dx), _mm256_loadu_ps(p.d.as_ptr()));
+                if unsigned {
+                    let m = _mm256_set1_ps(*w.m.get_unchecked(b));
+                    summs = _mm256_add_ps(summs, _mm256_mul_ps(m, _mm256_loadu_ps(p.s.as_ptr())));
+                }
+                for (r, (acc, qy)) in acc.iter_mut().zip(&p.qs).enumerate() {
+                    let y = _mm256_loadu_si256(qy.as_ptr().cast());
+                    let lanes = if unsigned {
+                        dpbusd(start, x, y)
+                    } else {
+                        dpbusd(start, y, x)
+                    };
+                    // Row r's scale product in every lane (a permute, not a store and
+                    // reload: a narrow load from a wide store is not forwarded).
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+                    let dd_r = _mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(r as i32));
+                    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd_r, *acc);
+                }
+            }
+            let mut m = [0f32; 8];
+            _mm256_storeu_ps(m.as_mut_ptr(), summs);
+            for r in 0..8 {
+                let mut l = [0f32; 8];
+                _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
+                out[r] = hsum8(l) + m[r];
             }
         }
     }
@@ -694,6 +906,64 @@ mod tests {
                         got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "{isa:?} blocks {blocks}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Panels of eight rows give, on every version that has them, bit for bit what the
+    /// fused portable body gives for those rows (each format, Q8_0 and Q8_1 panels, odd block
+    /// counts); a panel of the wrong format is refused.
+    #[test]
+    fn panels_equal_the_fused_portable_body() {
+        let mut rng = Rng(0x5eed_0f9a_7e00);
+        for blocks in [1usize, 7, 20] {
+            let w = data(&mut rng, blocks);
+            let acts: Vec<Data> = (0..PANEL_ROWS).map(|_| data(&mut rng, blocks)).collect();
+            let rows: Vec<ActRow<'_>> = acts
+                .iter()
+                .map(|a| ActRow {
+                    d: &a.d,
+                    s: &a.m,
+                    qs: &a.q8,
+                })
+                .collect();
+            let rows: &[ActRow<'_>; PANEL_ROWS] = rows.as_slice().try_into().unwrap();
+            let panels = [ActPanel::new(rows, false), ActPanel::new(rows, true)];
+            for wr in [
+                WeightRow::Q4_0 {
+                    d: &w.d,
+                    qs: &w.nib,
+                },
+                WeightRow::Q4_1 {
+                    d: &w.d,
+                    m: &w.m,
+                    qs: &w.nib,
+                },
+                WeightRow::Q5_0 {
+                    d: &w.d,
+                    qh: &w.qh,
+                    qs: &w.nib,
+                },
+                WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
+            ] {
+                let mut want = [0f32; PANEL_ROWS];
+                dot_rows_body::<true>(wr, rows, &mut want);
+                let q8_1 = matches!(wr, WeightRow::Q4_1 { .. });
+                for isa in isas() {
+                    let mut got = [f32::NAN; PANEL_ROWS];
+                    let right = &panels[usize::from(q8_1)];
+                    let wrong = &panels[usize::from(!q8_1)];
+                    assert!(!dot_panel(isa, wr, wrong, &mut got));
+                    if !dot_panel(isa, wr, right, &mut got) {
+                        assert!(!panels_supported(isa), "{isa:?} refused a panel");
+                        continue;
+                    }
+                    assert_eq!(
+                        got.map(f32::to_bits),
+                        want.map(f32::to_bits),
+                        "{isa:?} blocks {blocks} q8_1 {q8_1}"
                     );
                 }
             }

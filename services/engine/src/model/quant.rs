@@ -21,7 +21,9 @@ use std::sync::{Mutex, OnceLock};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use hearth_kernels::block::{ActRow, QK, WeightRow, dot_rows};
+use hearth_kernels::block::{
+    ActPanel, ActRow, PANEL_ROWS, QK, WeightRow, dot_panel, dot_rows, panels_supported,
+};
 use hearth_kernels::kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, QK_K, dot_rows_k};
 use hearth_kernels::{Isa, f16_to_f32, round_small};
 
@@ -440,10 +442,33 @@ fn chunk_rows(n: usize, m: usize, threads: usize) -> usize {
     }
 }
 
+/// Activation rows of one 8-bit format: each row for [`dot_rows`], and the leading whole
+/// groups of eight interleaved as panels where the CPU's kernels read those
+/// ([`panels_supported`]; the rest of the rows, fewer than eight, go row by row).
+struct BlockActs<'a> {
+    rows: Vec<ActRow<'a>>,
+    panels: Vec<ActPanel>,
+}
+
+impl<'a> BlockActs<'a> {
+    fn new(acts: Option<&'a QActs>, format: ActFormat) -> Self {
+        let rows = act_rows(acts);
+        let panels = if panels_supported(isa()) {
+            rows.chunks_exact(PANEL_ROWS)
+                .filter_map(|group| <&[ActRow<'_>; PANEL_ROWS]>::try_from(group).ok())
+                .map(|group| ActPanel::new(group, format == ActFormat::Q8_1))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self { rows, panels }
+    }
+}
+
 /// What one work item multiplies.
 #[derive(Clone, Copy)]
 enum Src<'a> {
-    Blocks(&'a Blocks, &'a [ActRow<'a>]),
+    Blocks(&'a Blocks, &'a BlockActs<'a>),
     K(&'a KBlocks, &'a [&'a [BlockQ8K]]),
 }
 
@@ -462,7 +487,18 @@ impl Work<'_> {
             match self.src {
                 Src::Blocks(blocks, acts) => {
                     let row = blocks.row(self.first_row + r, self.k / QK);
-                    dot_rows(isa, row, acts, out_row);
+                    let mut done = 0;
+                    for (panel, out) in acts.panels.iter().zip(out_row.chunks_exact_mut(PANEL_ROWS))
+                    {
+                        let Ok(out) = <&mut [f32; PANEL_ROWS]>::try_from(out) else {
+                            break;
+                        };
+                        if !dot_panel(isa, row, panel, out) {
+                            break;
+                        }
+                        done += PANEL_ROWS;
+                    }
+                    dot_rows(isa, row, &acts.rows[done..], &mut out_row[done..]);
                 }
                 Src::K(blocks, acts) => {
                     let row = blocks.row(self.first_row + r, self.k / QK_K);
@@ -483,7 +519,8 @@ pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Res
     };
     let q8_0 = needs(ActFormat::Q8_0).then(|| QActs::quantize(x, k, ActFormat::Q8_0));
     let q8_1 = needs(ActFormat::Q8_1).then(|| QActs::quantize(x, k, ActFormat::Q8_1));
-    let (rows_8_0, rows_8_1) = (act_rows(q8_0.as_ref()), act_rows(q8_1.as_ref()));
+    let rows_8_0 = BlockActs::new(q8_0.as_ref(), ActFormat::Q8_0);
+    let rows_8_1 = BlockActs::new(q8_1.as_ref(), ActFormat::Q8_1);
     let q8_k: Vec<BlockQ8K> =
         if k % QK_K == 0 && mats.iter().any(|w| matches!(w.kernel, Kernel::K(_))) {
             x.chunks_exact(QK_K).map(BlockQ8K::quantize).collect()
@@ -599,7 +636,8 @@ mod tests {
     /// 8-bit activations (only float rounding and Q8_1's f16 block sums differ).
     #[test]
     fn kernels_match_dequantized_products() {
-        let (n, k, m) = (40, 96, 3);
+        // Eleven rows: one panel of eight where the CPU has them, and three row by row.
+        let (n, k, m) = (40, 96, 11);
         #[allow(clippy::cast_precision_loss)]
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
