@@ -350,6 +350,25 @@ fn mad_f32_body(acc: &mut [f32], values: &[f32], w: f32) {
     }
 }
 
+/// ggml's `ggml_vec_scale_f16`: `acc = f16(acc · s)` elementwise, the accumulator held in f16
+/// (as f32 values that are exactly f16). With AVX2, FMA and F16C eight lanes at a time, the
+/// rounding a `vcvtps2ph`/`vcvtph2ps` round trip as in [`mad_f16_bits`].
+pub fn scale_f16(acc: &mut [f32], s: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if fma() && f16c() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time just above).
+        return unsafe { f16c::scale_f16(acc, s) };
+    }
+    scale_f16_body(acc, s);
+}
+
+#[inline(always)]
+fn scale_f16_body(acc: &mut [f32], s: f32) {
+    for a in acc {
+        *a = super::ops::round_to_f16(*a * s);
+    }
+}
+
 /// Whether this CPU has F16C (8-lane f16 ⇄ f32 conversion instructions).
 fn f16c() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -400,7 +419,8 @@ mod f16c {
     use std::arch::x86_64::{
         __m256, _CMP_UNORD_Q, _MM_FROUND_TO_NEAREST_INT, _mm_loadu_si128, _mm_storeu_si128,
         _mm256_add_ps, _mm256_blendv_ps, _mm256_cmp_ps, _mm256_cvtph_ps, _mm256_cvtps_ph,
-        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_storeu_ps,
     };
 
     /// Eight f16 bit patterns widened to f32 (`vcvtph2ps`).
@@ -456,14 +476,42 @@ mod f16c {
             // SAFETY: as above; `a` is 8 writable f32 and `v` 8 readable u16.
             unsafe {
                 let sum = _mm256_fmadd_ps(load_f16(v), wv, _mm256_loadu_ps(a.as_ptr()));
-                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(sum);
-                let rounded = _mm256_cvtph_ps(h);
-                let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(sum, sum);
-                _mm256_storeu_ps(a.as_mut_ptr(), _mm256_blendv_ps(rounded, sum, nan));
+                _mm256_storeu_ps(a.as_mut_ptr(), round_f16(sum));
             }
         }
         for (a, &v) in acc[whole..n].iter_mut().zip(&values[whole..n]) {
             *a = super::super::ops::round_to_f16(hearth_kernels::f16_to_f32(v).mul_add(w, *a));
+        }
+    }
+
+    /// [`super::scale_f16`] in registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn scale_f16(acc: &mut [f32], s: f32) {
+        let whole = acc.len() & !7;
+        // SAFETY: the CPU has AVX2, FMA and F16C (this function's contract).
+        let sv = unsafe { _mm256_set1_ps(s) };
+        let (head, tail) = acc.split_at_mut(whole);
+        for a in head.chunks_exact_mut(8) {
+            // SAFETY: as above; `a` is 8 writable f32.
+            unsafe {
+                let x = _mm256_mul_ps(_mm256_loadu_ps(a.as_ptr()), sv);
+                _mm256_storeu_ps(a.as_mut_ptr(), round_f16(x));
+            }
+        }
+        for a in tail {
+            *a = super::super::ops::round_to_f16(*a * s);
+        }
+    }
+
+    /// Each lane rounded to f16 and back, as `round_to_f16` rounds (nearest, ties to even,
+    /// overflow to infinity); a NaN lane is kept as it is, as `round_to_f16` keeps it.
+    #[inline(always)]
+    unsafe fn round_f16(x: __m256) -> __m256 {
+        // SAFETY: the caller's CPU has AVX and F16C.
+        unsafe {
+            let rounded = _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x);
+            _mm256_blendv_ps(rounded, x, nan)
         }
     }
 
@@ -637,6 +685,18 @@ mod tests {
                 }
             }
         }
+        // Scaling: to nearest f16, overflowing, underflowing to subnormals and zero.
+        for n in [1, 7, 8, 9, 64, 67] {
+            let acc: Vec<f32> = (0..n).map(|_| hearth_kernels::f16_to_f32(bits())).collect();
+            for s in [0.37f32, 1.0, 3.1e4, 1e-6, 1e-9, 0.0] {
+                let (mut a, mut b) = (acc.clone(), acc.clone());
+                scale_f16(&mut a, s);
+                scale_f16_body(&mut b, s);
+                let a: Vec<u32> = a.iter().map(|v| v.to_bits()).collect();
+                let b: Vec<u32> = b.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(a, b, "n {n} s {s}");
+            }
+        }
         // Infinities in the accumulator and the values stay infinite; a NaN sum stays NaN.
         let y = [0x7c00u16, 0xfc00, 0x3c00, 0x3c00, 0, 0, 0, 0, 0x7c00];
         let acc = [
@@ -655,6 +715,15 @@ mod tests {
         let (mut a, mut b) = (acc, acc);
         mad_f16(&mut a, &wide, 0.5);
         mad_f16_bits(&mut b, &y, 0.5);
+        for (a, b) in a.iter().zip(&b) {
+            assert!(
+                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                "{a} {b}"
+            );
+        }
+        let (mut a, mut b) = (acc, acc);
+        scale_f16(&mut a, 0.5);
+        scale_f16_body(&mut b, 0.5);
         for (a, b) in a.iter().zip(&b) {
             assert!(
                 a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),

@@ -796,18 +796,19 @@ fn attend_vec(
             .zip(states.iter_mut())
         {
             let s = ggml_math::dot_f16_bits(q, k_row) * scale;
-            let (mut ms, mut vs) = (1f32, 1f32);
+            // ggml's `S = S*ms + vs` with one of `ms`, `vs` exactly 1: a fused multiply-add
+            // of `S*1 + vs` is the plain sum, so only a new max needs the (called) `fmaf`.
             if s > st.max {
-                ms = (st.max - s).exp();
+                let ms = (st.max - s).exp();
                 st.max = s;
-                for acc in o.iter_mut() {
-                    *acc = round_to_f16(*acc * ms);
-                }
+                ggml_math::scale_f16(o, ms);
+                st.sum = st.sum.mul_add(ms, 1.0);
+                st.weight = 1.0;
             } else {
-                vs = (s - st.max).exp();
+                let vs = (s - st.max).exp();
+                st.sum += vs;
+                st.weight = vs;
             }
-            st.sum = st.sum.mul_add(ms, vs);
-            st.weight = vs;
         }
         let v_row = kv.v(j);
         for (o, st) in o.chunks_exact_mut(head_dim).zip(states.iter()) {
