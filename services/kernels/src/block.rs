@@ -76,6 +76,73 @@ pub fn dot_rows(isa: Isa, w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]
     }
 }
 
+/// Dot products of consecutive weight rows with one activation row (decode): `w` holds
+/// `out.len()` rows of `nb` blocks one after another, and `out[r]` gets row `r`'s product, bit
+/// for bit what [`dot_rows`] gives for that row. The x86-64 versions run the whole run of rows
+/// in one call, without the per-row dispatch (a 262k-row output projection of 20 blocks a
+/// row paid it 262k times a token).
+pub fn dot_rows_one_act(isa: Isa, w: WeightRow<'_>, nb: usize, act: ActRow<'_>, out: &mut [f32]) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma` and `Isa::Avx2Vnni` are only returned by `Isa::detect`
+        // after `is_x86_feature_detected!` reported AVX2 and FMA (and, for `Avx2Vnni`,
+        // AVX512-VNNI and AVX512-VL).
+        Isa::Avx2Fma => unsafe { dot_rows_one_act_avx2::<false>(w, nb, &act, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2Vnni => unsafe { dot_rows_one_act_avx2::<true>(w, nb, &act, out) },
+        _ => {
+            for (r, o) in out.iter_mut().enumerate() {
+                dot_rows(
+                    isa,
+                    w.rows(r * nb..(r + 1) * nb),
+                    &[act],
+                    std::slice::from_mut(o),
+                );
+            }
+        }
+    }
+}
+
+impl<'a> WeightRow<'a> {
+    /// The blocks `range` of this run of blocks (one row's, when `w` holds several rows).
+    pub fn rows(&self, range: std::ops::Range<usize>) -> WeightRow<'a> {
+        match *self {
+            WeightRow::Q4_0 { d, qs } => WeightRow::Q4_0 {
+                d: &d[range.clone()],
+                qs: &qs[range],
+            },
+            WeightRow::Q4_1 { d, m, qs } => WeightRow::Q4_1 {
+                d: &d[range.clone()],
+                m: &m[range.clone()],
+                qs: &qs[range],
+            },
+            WeightRow::Q5_0 { d, qh, qs } => WeightRow::Q5_0 {
+                d: &d[range.clone()],
+                qh: &qh[range.clone()],
+                qs: &qs[range],
+            },
+            WeightRow::Q8_0 { d, qs } => WeightRow::Q8_0 {
+                d: &d[range.clone()],
+                qs: &qs[range],
+            },
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_one_act_avx2<const VNNI: bool>(
+    w: WeightRow<'_>,
+    nb: usize,
+    act: &ActRow<'_>,
+    out: &mut [f32],
+) {
+    // SAFETY: this function only runs where AVX2 and FMA (and VNNI when `VNNI`) are
+    // available (see `dot_rows_one_act`).
+    unsafe { x86::dot_rows_one_act::<VNNI>(w, nb, act, out) }
+}
+
 /// Rows per [`ActPanel`].
 pub const PANEL_ROWS: usize = 8;
 
@@ -415,6 +482,58 @@ pub(crate) mod x86 {
             );
         }
         acc
+    }
+
+    /// See [`super::dot_rows_one_act`]: each row as [`dot_group`] (or [`dot_group_vnni`])
+    /// with one activation row, all in this one call.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows_one_act<const VNNI: bool>(
+        w: WeightRow<'_>,
+        nb: usize,
+        act: &ActRow<'_>,
+        out: &mut [f32],
+    ) {
+        let rows = out.len();
+        let (d, m, nib, qh, q8, format) = match w {
+            WeightRow::Q4_0 { d, qs } => (d, &[][..], qs, &[][..], &[][..], Q4_0),
+            WeightRow::Q4_1 { d, m, qs } => (d, m, qs, &[][..], &[][..], Q4_1),
+            WeightRow::Q5_0 { d, qh, qs } => (d, &[][..], qs, qh, &[][..], Q5_0),
+            WeightRow::Q8_0 { d, qs } => (d, &[][..], &[][..], &[][..], qs, Q8_0),
+        };
+        assert!(d.len() >= rows * nb);
+        let acts = std::slice::from_ref(act);
+        // Row r's share of an array the format has (the others are empty).
+        fn part<T>(v: &[T], r: usize, nb: usize) -> &[T] {
+            if v.is_empty() {
+                v
+            } else {
+                &v[r * nb..(r + 1) * nb]
+            }
+        }
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = Row {
+                d: &d[r * nb..(r + 1) * nb],
+                m: part(m, r, nb),
+                nib: part(nib, r, nb),
+                qh: part(qh, r, nb),
+                q8: part(q8, r, nb),
+            };
+            let o = std::slice::from_mut(o);
+            // SAFETY (all calls): AVX2 and FMA (and VNNI when `VNNI`) are available (this
+            // function's own requirement).
+            unsafe {
+                match (format, VNNI) {
+                    (Q4_0, false) => dot_group::<1, Q4_0>(&row, acts, o),
+                    (Q4_1, false) => dot_group::<1, Q4_1>(&row, acts, o),
+                    (Q5_0, false) => dot_group::<1, Q5_0>(&row, acts, o),
+                    (_, false) => dot_group::<1, Q8_0>(&row, acts, o),
+                    (Q4_0, true) => dot_group_vnni::<1, Q4_0>(&row, acts, o),
+                    (Q4_1, true) => dot_group_vnni::<1, Q4_1>(&row, acts, o),
+                    (Q5_0, true) => dot_group_vnni::<1, Q5_0>(&row, acts, o),
+                    (_, true) => dot_group_vnni::<1, Q8_0>(&row, acts, o),
+                }
+            }
+        }
     }
 
     /// See [`super::dot_rows`]: the VNNI version. `vpdpbusd` multiplies unsigned bytes by
@@ -907,6 +1026,48 @@ mod tests {
                         want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "{isa:?} blocks {blocks}"
                     );
+                }
+            }
+        }
+    }
+
+    /// A run of rows against one activation row gives, on every version, bit for bit what
+    /// `dot_rows` gives row by row.
+    #[test]
+    fn runs_of_rows_equal_row_by_row() {
+        let mut rng = Rng(0x0dd_5eed);
+        let (rows, nb) = (13usize, 5usize);
+        let w = data(&mut rng, rows * nb);
+        let a = data(&mut rng, nb);
+        let act = ActRow {
+            d: &a.d,
+            s: &a.m,
+            qs: &a.q8,
+        };
+        for wr in [
+            WeightRow::Q4_0 {
+                d: &w.d,
+                qs: &w.nib,
+            },
+            WeightRow::Q4_1 {
+                d: &w.d,
+                m: &w.m,
+                qs: &w.nib,
+            },
+            WeightRow::Q5_0 {
+                d: &w.d,
+                qh: &w.qh,
+                qs: &w.nib,
+            },
+            WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
+        ] {
+            for isa in isas() {
+                let mut got = vec![f32::NAN; rows];
+                dot_rows_one_act(isa, wr, nb, act, &mut got);
+                for (r, &g) in got.iter().enumerate() {
+                    let mut want = [0f32];
+                    dot_rows(isa, wr.rows(r * nb..(r + 1) * nb), &[act], &mut want);
+                    assert_eq!(g.to_bits(), want[0].to_bits(), "{isa:?} row {r}");
                 }
             }
         }

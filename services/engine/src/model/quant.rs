@@ -22,7 +22,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use hearth_kernels::block::{
-    ActPanel, ActRow, PANEL_ROWS, QK, WeightRow, dot_panel, dot_rows, panels_supported,
+    ActPanel, ActRow, PANEL_ROWS, QK, WeightRow, dot_panel, dot_rows, dot_rows_one_act,
+    panels_supported,
 };
 use hearth_kernels::kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, QK_K, dot_rows_k};
 use hearth_kernels::{Isa, f16_to_f32, round_small};
@@ -225,7 +226,11 @@ impl Blocks {
 
     /// Weight row `r` (`nb` blocks) for the kernels.
     fn row(&self, r: usize, nb: usize) -> WeightRow<'_> {
-        let range = r * nb..(r + 1) * nb;
+        self.span(r * nb..(r + 1) * nb)
+    }
+
+    /// Blocks `range` (whole rows, one after another) for the kernels.
+    fn span(&self, range: std::ops::Range<usize>) -> WeightRow<'_> {
         match self {
             Blocks::Q4_0 { d, qs } => WeightRow::Q4_0 {
                 d: &d[range.clone()],
@@ -483,6 +488,21 @@ struct Work<'a> {
 impl Work<'_> {
     fn run(&self, isa: Isa, m: usize) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        // Decode: the whole chunk of rows in one kernel call.
+        if let (1, Src::Blocks(blocks, acts)) = (m, self.src) {
+            if let [act] = acts.rows[..] {
+                let nb = self.k / QK;
+                let rows = self.first_row..self.first_row + out.len();
+                dot_rows_one_act(
+                    isa,
+                    blocks.span(rows.start * nb..rows.end * nb),
+                    nb,
+                    act,
+                    &mut out,
+                );
+                return;
+            }
+        }
         for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
             match self.src {
                 Src::Blocks(blocks, acts) => {
