@@ -502,6 +502,11 @@ pub(crate) mod x86 {
         };
         assert!(d.len() >= rows * nb);
         let acts = std::slice::from_ref(act);
+        let corr = if VNNI {
+            lane_corrections(format, act, nb)
+        } else {
+            Vec::new()
+        };
         // Row r's share of an array the format has (the others are empty).
         fn part<T>(v: &[T], r: usize, nb: usize) -> &[T] {
             if v.is_empty() {
@@ -527,12 +532,99 @@ pub(crate) mod x86 {
                     (Q4_1, false) => dot_group::<1, Q4_1>(&row, acts, o),
                     (Q5_0, false) => dot_group::<1, Q5_0>(&row, acts, o),
                     (_, false) => dot_group::<1, Q8_0>(&row, acts, o),
-                    (Q4_0, true) => dot_group_vnni::<1, Q4_0>(&row, acts, o),
-                    (Q4_1, true) => dot_group_vnni::<1, Q4_1>(&row, acts, o),
-                    (Q5_0, true) => dot_group_vnni::<1, Q5_0>(&row, acts, o),
-                    (_, true) => dot_group_vnni::<1, Q8_0>(&row, acts, o),
+                    (Q4_0, true) => o[0] = dot_one_vnni::<Q4_0>(&row, act, &corr),
+                    (Q4_1, true) => o[0] = dot_one_vnni::<Q4_1>(&row, act, &corr),
+                    (Q5_0, true) => o[0] = dot_one_vnni::<Q5_0>(&row, act, &corr),
+                    (_, true) => o[0] = dot_one_vnni::<Q8_0>(&row, act, &corr),
                 }
             }
+        }
+    }
+
+    /// Minus `offset ×` the sums of each four activation values, per block: what
+    /// [`dot_one_vnni`] starts each block's lanes from, computed once for a whole run of
+    /// rows (`offset` 8, 16 or 128 by format; empty for Q4_1, which needs none).
+    fn lane_corrections(format: u8, act: &ActRow<'_>, nb: usize) -> Vec<[i32; 8]> {
+        let offset = match format {
+            Q4_0 => 8,
+            Q5_0 => 16,
+            Q8_0 => 128,
+            _ => return Vec::new(),
+        };
+        act.qs[..nb]
+            .iter()
+            .map(|q| {
+                std::array::from_fn(|l| {
+                    -offset
+                        * q[4 * l..4 * l + 4]
+                            .iter()
+                            .map(|&v| i32::from(v))
+                            .sum::<i32>()
+                })
+            })
+            .collect()
+    }
+
+    /// Block `b`'s 32 values as unsigned bytes `q + offset`: Q4_0 and Q4_1 their nibbles,
+    /// Q5_0 its five-bit values, Q8_0 its bytes with the sign bit flipped (`q + 128`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block_unsigned<const F: u8>(w: &Row<'_>, b: usize) -> __m256i {
+        // SAFETY: each load reads one whole block array of 16 or 32 bytes.
+        unsafe {
+            match F {
+                Q4_0 | Q4_1 => nibbles(&w.nib[b]),
+                Q5_0 => _mm256_or_si256(
+                    nibbles(&w.nib[b]),
+                    _mm256_and_si256(bits_32(w.qh[b]), _mm256_set1_epi8(0x10)),
+                ),
+                _ => _mm256_xor_si256(
+                    _mm256_loadu_si256(w.q8[b].as_ptr().cast()),
+                    _mm256_set1_epi8(-128),
+                ),
+            }
+        }
+    }
+
+    /// One weight row against one activation row, [`dot_group_vnni`]'s arithmetic with the
+    /// roles swapped: the weights as unsigned bytes `q + offset` ([`block_unsigned`]) times
+    /// the signed activations, each block's lanes started at the precomputed
+    /// `-offset · Σy` (`corr`), which leaves the same eight lanes with no per-block work on
+    /// the activation side.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_one_vnni<const F: u8>(w: &Row<'_>, a: &ActRow<'_>, corr: &[[i32; 8]]) -> f32 {
+        let unsigned = F == Q4_1;
+        let nb = w.d.len();
+        assert!(a.d.len() >= nb && a.qs.len() >= nb);
+        assert!(if unsigned {
+            a.s.len() >= nb && w.m.len() >= nb
+        } else {
+            corr.len() >= nb
+        });
+        // SAFETY: the loads read whole `[i8; QK]` / `[i32; 8]` blocks (indices checked
+        // above); the store writes an `[f32; 8]`.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mut summs = 0f32;
+            for (b, &dx) in w.d.iter().enumerate() {
+                let x = block_unsigned::<F>(w, b);
+                let start = if unsigned {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_loadu_si256(corr.get_unchecked(b).as_ptr().cast())
+                };
+                let qy: &[i8; QK] = a.qs.get_unchecked(b);
+                let lanes = dpbusd(start, x, _mm256_loadu_si256(qy.as_ptr().cast()));
+                let dd = _mm256_set1_ps(dx * *a.d.get_unchecked(b));
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc);
+                if unsigned {
+                    summs += *w.m.get_unchecked(b) * *a.s.get_unchecked(b);
+                }
+            }
+            let mut l = [0f32; 8];
+            _mm256_storeu_ps(l.as_mut_ptr(), acc);
+            hsum8(l) + summs
         }
     }
 
