@@ -97,6 +97,30 @@ impl QActs {
         }
     }
 
+    /// [`Self::quantize`] with the rows shared out over the pool's threads (prefill); each
+    /// row's blocks are the same whichever thread quantizes them.
+    fn quantize_on(pool: &Pool, x: &[f32], k: usize, format: ActFormat) -> Self {
+        let parts = by_row_shares(pool, x, k, |rows| Self::quantize(rows, k, format));
+        if parts.len() == 1 {
+            return parts
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Self::quantize(x, k, format));
+        }
+        let mut all = Self {
+            blocks_per_row: k / QK,
+            d: Vec::with_capacity(x.len() / QK),
+            s: Vec::new(),
+            qs: Vec::with_capacity(x.len() / QK),
+        };
+        for part in parts {
+            all.d.extend(part.d);
+            all.s.extend(part.s);
+            all.qs.extend(part.qs);
+        }
+        all
+    }
+
     fn rows(&self) -> usize {
         self.d.len() / self.blocks_per_row
     }
@@ -537,13 +561,18 @@ pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Res
         mats.iter()
             .any(|w| matches!(&w.kernel, Kernel::Blocks(b) if b.act_format() == f))
     };
-    let q8_0 = needs(ActFormat::Q8_0).then(|| QActs::quantize(x, k, ActFormat::Q8_0));
-    let q8_1 = needs(ActFormat::Q8_1).then(|| QActs::quantize(x, k, ActFormat::Q8_1));
+    let q8_0 = needs(ActFormat::Q8_0).then(|| QActs::quantize_on(pool, x, k, ActFormat::Q8_0));
+    let q8_1 = needs(ActFormat::Q8_1).then(|| QActs::quantize_on(pool, x, k, ActFormat::Q8_1));
     let rows_8_0 = BlockActs::new(q8_0.as_ref(), ActFormat::Q8_0);
     let rows_8_1 = BlockActs::new(q8_1.as_ref(), ActFormat::Q8_1);
     let q8_k: Vec<BlockQ8K> =
         if k % QK_K == 0 && mats.iter().any(|w| matches!(w.kernel, Kernel::K(_))) {
-            x.chunks_exact(QK_K).map(BlockQ8K::quantize).collect()
+            by_row_shares(pool, x, k, |rows| {
+                rows.chunks_exact(QK_K)
+                    .map(BlockQ8K::quantize)
+                    .collect::<Vec<_>>()
+            })
+            .concat()
         } else {
             Vec::new()
         };
@@ -606,6 +635,42 @@ pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Res
         }
     }
     Ok(results)
+}
+
+/// Rows of `x` (each `k` wide) from which the quantization of a product's input is shared
+/// out over the pool's threads.
+const PARALLEL_QUANT_ROWS: usize = 8;
+
+/// `f` of each thread's share of the rows of `x` (`k` wide), run on the pool, in row order;
+/// one call on all rows below [`PARALLEL_QUANT_ROWS`].
+fn by_row_shares<T: Send>(
+    pool: &Pool,
+    x: &[f32],
+    k: usize,
+    f: impl Fn(&[f32]) -> T + Sync,
+) -> Vec<T> {
+    let rows = x.len() / k.max(1);
+    if rows < PARALLEL_QUANT_ROWS || pool.threads() == 1 {
+        return vec![f(x)];
+    }
+    let per = rows.div_ceil(pool.threads());
+    let shares: Vec<&[f32]> = x.chunks(per * k).collect();
+    let parts: Vec<Mutex<Option<T>>> = shares.iter().map(|_| Mutex::new(None)).collect();
+    pool.run(&|t| {
+        if let (Some(share), Some(part)) = (shares.get(t), parts.get(t)) {
+            let value = f(share);
+            *part
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
+        }
+    });
+    parts
+        .into_iter()
+        .filter_map(|p| {
+            p.into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        })
+        .collect()
 }
 
 /// The activation rows of `a` for the kernels (none when absent).
