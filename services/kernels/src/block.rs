@@ -10,13 +10,19 @@
 //! the same arithmetic runs as explicit intrinsics ([`x86`]: `maddubs`, `madd`, `fmadd`, as in
 //! ggml), which a test checks bit for bit against the portable body with fused multiply-adds.
 //! On aarch64 the same holds for NEON and NEON + `sdot` (`neon`, in `block/neon.rs`: `sdot`
-//! leaves exactly the eight lanes, two `float32x4` take the `f32` part).
+//! leaves exactly the eight lanes, two `float32x4` take the `f32` part). With AVX-512 VNNI
+//! (`Isa::Avx2Vnni`) the lanes come from one `vpdpbusd` (unsigned × signed bytes): one side is
+//! made unsigned by an offset (`q + 8`, `q + 16`, `q + 128`, a flipped sign bit) and the lanes
+//! start at minus `offset ×` the other side's sums of four, which leaves the same integers; the
+//! prefill version reads eight activation rows interleaved ([`ActPanel`]), the decode version
+//! a whole run of weight rows per call ([`dot_rows_one_act`]).
 //!
 //! This module and [`crate::kquants`] (with their `neon` submodules) are the only ones that
 //! allow `unsafe`:
 //! calling a `#[target_feature]` function is unsafe on Rust 1.85, and each such call is
 //! guarded by the runtime detection stored in [`Isa`], which can only be constructed as
-//! `Avx2Fma` when the CPU reports both features.
+//! `Avx2Fma` when the CPU reports both features (and as `Avx2Vnni` when it also reports
+//! AVX512-VNNI and AVX512-VL).
 #![allow(unsafe_code)]
 
 /// Elements per block.

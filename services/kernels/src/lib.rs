@@ -4,8 +4,10 @@
 //! llama.cpp's.
 //!
 //! Owns: each kernel's portable body (the reference and the fallback), its SIMD versions
-//! (AVX2+FMA on x86-64; NEON and NEON + `sdot` on aarch64, in `block/neon.rs` and
-//! `kquants/neon.rs`), and the runtime choice between them ([`Isa`]). Every SIMD version is
+//! (AVX2+FMA, and AVX-512 VNNI's 256-bit `vpdpbusd` for the block kernels, on x86-64; NEON and
+//! NEON + `sdot` on aarch64, in `block/neon.rs` and `kquants/neon.rs`), the activation layout
+//! the VNNI prefill kernels read ([`block::ActPanel`]), and the runtime choice between them
+//! ([`Isa`]). Every SIMD version is
 //! tested bit for bit against the portable body with fused multiply-adds (so x86-64 and
 //! aarch64 give the same bits), and every kernel against a scalar reference on random data
 //! with odd sizes; `services/kernels/test-aarch64` runs the tests under qemu-user on CPUs
