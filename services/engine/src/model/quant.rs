@@ -627,7 +627,7 @@ pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Res
     for (w, out_t) in mats.iter().zip(outs_t) {
         match &w.kernel {
             Kernel::Blocks(_) | Kernel::K(_) if m == 1 => results.push(out_t),
-            Kernel::Blocks(_) | Kernel::K(_) => results.push(transpose(&out_t, w.n, m)),
+            Kernel::Blocks(_) | Kernel::K(_) => results.push(transpose(pool, &out_t, w.n, m)),
             Kernel::Candle(q) => {
                 let t = Tensor::from_slice(x, (m, k), &Device::Cpu)?;
                 results.push(q.forward(&t)?.flatten_all()?.to_vec1::<f32>()?);
@@ -679,21 +679,57 @@ fn act_rows(a: Option<&QActs>) -> Vec<ActRow<'_>> {
         .unwrap_or_default()
 }
 
-/// `n × m` row-major to `m × n`, in tiles of [`TRANSPOSE_TILE`] rows so the writes run along
-/// output rows (a column at a time, each write touched a new cache line: 5% of gemma3's
-/// prefill).
-fn transpose(a: &[f32], n: usize, m: usize) -> Vec<f32> {
+/// `n × m` row-major to `m × n`, the output rows shared out over the pool's threads; each
+/// share in tiles of [`TRANSPOSE_TILE`] input rows so the writes run along output rows (a
+/// column at a time, each write touched a new cache line: 5% of gemma3's prefill profile).
+fn transpose(pool: &Pool, a: &[f32], n: usize, m: usize) -> Vec<f32> {
     let mut out = vec![0f32; n * m];
+    if n == 0 || m == 0 {
+        return out;
+    }
+    let per = if m < PARALLEL_QUANT_ROWS {
+        m
+    } else {
+        m.div_ceil(pool.threads())
+    };
+    let shares: Vec<Mutex<(usize, &mut [f32])>> = out
+        .chunks_mut(per * n)
+        .enumerate()
+        .map(|(s, rows)| Mutex::new((s * per, rows)))
+        .collect();
+    if shares.len() == 1 {
+        for share in shares {
+            let (first, rows) = share
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            transpose_rows(a, n, m, first, rows);
+        }
+    } else {
+        pool.run(&|t| {
+            if let Some(share) = shares.get(t) {
+                let mut share = share
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let (first, ref mut rows) = *share;
+                transpose_rows(a, n, m, first, rows);
+            }
+        });
+    }
+    out
+}
+
+/// Output rows `first..` (as many as `out` holds) of [`transpose`].
+fn transpose_rows(a: &[f32], n: usize, m: usize, first: usize, out: &mut [f32]) {
     for (t, tile) in a.chunks(TRANSPOSE_TILE * m).enumerate() {
         let j0 = t * TRANSPOSE_TILE;
         let rows = tile.len() / m;
-        for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
+        for (di, out_row) in out.chunks_exact_mut(n).enumerate() {
+            let i = first + di;
             for (j, o) in out_row[j0..j0 + rows].iter_mut().enumerate() {
                 *o = tile[j * m + i];
             }
         }
     }
-    out
 }
 
 /// Input rows per tile of [`transpose`].
@@ -705,10 +741,19 @@ mod tests {
 
     #[test]
     fn transpose_moves_every_element() {
-        for (n, m) in [(1usize, 1usize), (5, 1), (3, 7), (16, 2), (37, 5), (40, 33)] {
+        let pool = Pool::new(2).unwrap();
+        for (n, m) in [
+            (1usize, 1usize),
+            (5, 1),
+            (3, 7),
+            (16, 2),
+            (37, 5),
+            (40, 33),
+            (7, 9),
+        ] {
             #[allow(clippy::cast_precision_loss)]
             let a: Vec<f32> = (0..n * m).map(|v| v as f32).collect();
-            let t = transpose(&a, n, m);
+            let t = transpose(&pool, &a, n, m);
             for j in 0..n {
                 for i in 0..m {
                     assert_eq!(t[i * n + j], a[j * m + i], "n {n} m {m} [{j},{i}]");
