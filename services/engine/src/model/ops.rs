@@ -1162,7 +1162,6 @@ mod tests {
         assert_eq!(q8.len(), 2);
     }
 
-    /// Causal attention in f64 for one query row at position `pos` (grouped heads, window).
     /// Today's decode arithmetic written head by head, as it was before the heads of a group
     /// shared their K and V rows: the vector kernel for query row `q` (all heads) at context
     /// `ctx`, split into two merged halves when `single` and the padded length allows.
@@ -1302,6 +1301,7 @@ mod tests {
         }
     }
 
+    /// Causal attention in f64 for one query row at position `pos` (grouped heads, window).
     fn reference_row(q: &[f32], k: &[f32], v: &[f32], pos: usize, shape: AttnShape) -> Vec<f64> {
         let AttnShape {
             n_head,
