@@ -280,7 +280,39 @@ mod x86 {
         _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32,
     };
 
+    use std::arch::x86_64::{
+        __m128, __m128i, _mm_cvtepi32_ps, _mm_cvtepu8_epi16, _mm_fmadd_ps, _mm_hadd_epi16,
+        _mm_loadl_epi64, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_ps, _mm_setzero_ps,
+        _mm_storeu_ps,
+    };
+
     use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, hsum8, min_sum};
+
+    /// [`min_sum`] as ggml's AVX2 Q4_K kernel computes it: the sixteen block sums added in
+    /// pairs (`hadd`), times the eight minimums (`madd`): four exact `i32` lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn min_sum_lanes(mn: &[u8; 8], bsums: &[i16; 16]) -> __m128i {
+        // SAFETY: the loads read 8 bytes of `mn` and 2 × 16 bytes of `bsums`.
+        unsafe {
+            let lo = _mm_loadu_si128(bsums.as_ptr().cast());
+            let hi = _mm_loadu_si128(bsums[8..].as_ptr().cast());
+            let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr().cast()));
+            _mm_madd_epi16(mins, _mm_hadd_epi16(lo, hi))
+        }
+    }
+
+    /// `acc + dmin · lanes` in four `f32` lanes, each a fused multiply-add as the scalar
+    /// `dmin.mul_add(p as f32, acc)` of the portable body.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn add_mins(acc: __m128, dmin: f32, x: &BlockQ4K, y: &BlockQ8K) -> __m128 {
+        // SAFETY: AVX2 and FMA are available (this function's requirement).
+        unsafe {
+            let p = min_sum_lanes(&x.mn, &y.bsums);
+            _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(p), acc)
+        }
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -375,18 +407,21 @@ mod x86 {
                 acc - acc_min
             } else {
                 let mut acc = _mm256_setzero_ps();
-                let mut acc_m = [0f32; 4];
+                let mut acc_m = _mm_setzero_ps();
                 for (x, y) in w.iter().zip(a) {
                     let d = y.d * x.d;
                     let dmin = -y.d * x.dmin;
-                    for (m, p) in acc_m.iter_mut().zip(min_sum(&x.mn, &y.bsums)) {
-                        *m = dmin.mul_add(p as f32, *m);
-                    }
+                    acc_m = add_mins(acc_m, dmin, x, y);
                     let sumi = q4k_sumi(&x.qs, &x.sc, None, &y.qs);
                     acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
                 }
                 let mut l = [0f32; 8];
                 _mm256_storeu_ps(l.as_mut_ptr(), acc);
+                let acc_m = {
+                    let mut v = [0f32; 4];
+                    _mm_storeu_ps(v.as_mut_ptr(), acc_m);
+                    v
+                };
                 let m = [acc_m[0] + acc_m[2], acc_m[1] + acc_m[3]];
                 hsum8(l) + (m[0] + m[1])
             }
@@ -439,7 +474,7 @@ mod x86 {
         }
         unsafe {
             let mut acc = [_mm256_setzero_ps(); R];
-            let mut acc_m = [[0f32; 4]; R];
+            let mut acc_mins = [_mm_setzero_ps(); R];
             for (b, x) in w.iter().enumerate() {
                 let q = q4k_unpack(&x.qs);
                 for r in 0..R {
@@ -447,9 +482,7 @@ mod x86 {
                     let y = acts[r].get_unchecked(b);
                     let d = y.d * x.d;
                     let dmin = -y.d * x.dmin;
-                    for (m, p) in acc_m[r].iter_mut().zip(min_sum(&x.mn, &y.bsums)) {
-                        *m = dmin.mul_add(p as f32, *m);
-                    }
+                    acc_mins[r] = add_mins(acc_mins[r], dmin, x, y);
                     let mut sumi = _mm256_setzero_si256();
                     for j in 0..4 {
                         let p_lo = _mm256_madd_epi16(
@@ -468,7 +501,9 @@ mod x86 {
             for r in 0..R {
                 let mut l = [0f32; 8];
                 _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
-                let m = [acc_m[r][0] + acc_m[r][2], acc_m[r][1] + acc_m[r][3]];
+                let mut acc_m = [0f32; 4];
+                _mm_storeu_ps(acc_m.as_mut_ptr(), acc_mins[r]);
+                let m = [acc_m[0] + acc_m[2], acc_m[1] + acc_m[3]];
                 out[r] = hsum8(l) + (m[0] + m[1]);
             }
         }
