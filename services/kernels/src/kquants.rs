@@ -275,15 +275,15 @@ mod x86 {
     use std::arch::x86_64::{
         __m256i, _mm256_add_epi32, _mm256_and_si256, _mm256_cvtepi32_ps, _mm256_fmadd_ps,
         _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256,
-        _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_ps, _mm256_setr_epi16, _mm256_setzero_ps,
+        _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_ps, _mm256_setzero_ps,
         _mm256_setzero_si256, _mm256_slli_epi16, _mm256_slli_epi32, _mm256_srli_epi16,
         _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32,
     };
 
     use std::arch::x86_64::{
         __m128, __m128i, _mm_cvtepi32_ps, _mm_cvtepu8_epi16, _mm_fmadd_ps, _mm_hadd_epi16,
-        _mm_loadl_epi64, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_ps, _mm_setzero_ps,
-        _mm_storeu_ps,
+        _mm_loadl_epi64, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_ps, _mm_setr_epi8,
+        _mm_setzero_ps, _mm_shuffle_epi8, _mm_storeu_ps, _mm256_cvtepi8_epi16,
     };
 
     use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, hsum8, min_sum};
@@ -532,11 +532,9 @@ mod x86 {
                 q[4 * j + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b1, 4), m15), h2);
                 q[4 * j + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m15), h3);
             }
+            let sc_bytes = _mm_loadu_si128(x.sc.as_ptr().cast());
             for (is, sc) in scales.iter_mut().enumerate() {
-                let (s0, s1) = (i16::from(x.sc[2 * is]), i16::from(x.sc[2 * is + 1]));
-                *sc = _mm256_setr_epi16(
-                    s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
-                );
+                *sc = q6k_scale_pair(sc_bytes, is);
             }
             (q, scales)
         }
@@ -581,16 +579,26 @@ mod x86 {
         }
     }
 
-    /// The sixteen Q6_K scales as 16-bit lanes.
+    /// The sixteen Q6_K scales as 16-bit lanes (one sign extension of the loaded bytes).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn q6k_sc16(x: &BlockQ6K) -> __m256i {
-        let s = x.sc.map(i16::from);
+        // SAFETY: reads the 16 scale bytes.
+        unsafe { _mm256_cvtepi8_epi16(_mm_loadu_si128(x.sc.as_ptr().cast())) }
+    }
+
+    /// Scales `2·is` and `2·is + 1` of a Q6_K super-block as sixteen 16-bit lanes (eight of
+    /// each), as ggml's `get_scale_shuffle`: one byte shuffle of the loaded scales and a sign
+    /// extension instead of sixteen lane inserts.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q6k_scale_pair(scales: __m128i, is: usize) -> __m256i {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+        let (a, b) = ((2 * is) as i8, (2 * is + 1) as i8);
+        // SAFETY: register-only operations.
         unsafe {
-            _mm256_setr_epi16(
-                s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12],
-                s[13], s[14], s[15],
-            )
+            let mask = _mm_setr_epi8(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b);
+            _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, mask))
         }
     }
 
@@ -603,6 +611,7 @@ mod x86 {
             let mut acc = _mm256_setzero_ps();
             for (x, y) in w.iter().zip(a) {
                 let d = y.d * x.d;
+                let sc_bytes = _mm_loadu_si128(x.sc.as_ptr().cast());
                 let mut sumi = _mm256_setzero_si256();
                 for j in 0..2 {
                     let b1 = load(&x.ql[64 * j..]);
@@ -621,34 +630,13 @@ mod x86 {
                         _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(b2, 4), m15), h3),
                     ];
                     for (t, q) in q.into_iter().enumerate() {
-                        let is = 4 * j + t;
-                        let (s0, s1) = (i16::from(x.sc[2 * is]), i16::from(x.sc[2 * is + 1]));
-                        let scale = _mm256_setr_epi16(
-                            s0, s0, s0, s0, s0, s0, s0, s0, s1, s1, s1, s1, s1, s1, s1, s1,
-                        );
+                        let scale = q6k_scale_pair(sc_bytes, 4 * j + t);
                         let p = _mm256_maddubs_epi16(q, load_i8(&y.qs[128 * j + 32 * t..]));
                         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p));
                     }
                 }
                 let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
-                let sc = _mm256_setr_epi16(
-                    i16::from(x.sc[0]),
-                    i16::from(x.sc[1]),
-                    i16::from(x.sc[2]),
-                    i16::from(x.sc[3]),
-                    i16::from(x.sc[4]),
-                    i16::from(x.sc[5]),
-                    i16::from(x.sc[6]),
-                    i16::from(x.sc[7]),
-                    i16::from(x.sc[8]),
-                    i16::from(x.sc[9]),
-                    i16::from(x.sc[10]),
-                    i16::from(x.sc[11]),
-                    i16::from(x.sc[12]),
-                    i16::from(x.sc[13]),
-                    i16::from(x.sc[14]),
-                    i16::from(x.sc[15]),
-                );
+                let sc = q6k_sc16(x);
                 let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc));
                 sumi = _mm256_sub_epi32(sumi, sub);
                 acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
