@@ -231,13 +231,19 @@ fn swiglu_body(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-dispatch!(
-    /// The scores of one tile of ggml's tiled flash attention: `scores[t] = scale · q·k_t`,
-    /// each dot product one chain of fused multiply-adds over the dimensions in order (as
-    /// `simd_gemm` runs it), for `keys_t` (a tile of keys transposed: `head_dim` rows of
-    /// `scores.len()` values).
-    fn tile_scores / tile_scores_fast = tile_scores_body(q: &[f32], keys_t: &[f32], scale: f32, scores: &mut [f32]) -> ()
-);
+/// The scores of one tile of ggml's tiled flash attention: `scores[t] = scale · q·k_t`, each
+/// dot product one chain of fused multiply-adds over the dimensions in order (as `simd_gemm`
+/// runs it), for `keys_t` (a tile of keys transposed: `head_dim` rows of `scores.len()`
+/// values). With AVX2 and FMA the scores stay in registers across the dimensions
+/// ([`blocked::tile_scores`]); each score's chain is the same.
+pub fn tile_scores(q: &[f32], keys_t: &[f32], scale: f32, scores: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
+        return unsafe { blocked::tile_scores(q, keys_t, scale, scores) };
+    }
+    tile_scores_body(q, keys_t, scale, scores);
+}
 
 #[inline(always)]
 fn tile_scores_body(q: &[f32], keys_t: &[f32], scale: f32, scores: &mut [f32]) {
@@ -253,11 +259,18 @@ fn tile_scores_body(q: &[f32], keys_t: &[f32], scale: f32, scores: &mut [f32]) {
     }
 }
 
-dispatch!(
-    /// `out += Σ_t p[t] · v_t` as `simd_gemm` accumulates it: per output element one chain of
-    /// fused multiply-adds over `t` in order. `values` holds `p.len()` rows of `out.len()`.
-    fn accumulate_values / accumulate_values_fast = accumulate_values_body(p: &[f32], values: &[f32], out: &mut [f32]) -> ()
-);
+/// `out += Σ_t p[t] · v_t` as `simd_gemm` accumulates it: per output element one chain of
+/// fused multiply-adds over `t` in order. `values` holds `p.len()` rows of `out.len()`. With
+/// AVX2 and FMA a block of `out` stays in registers across `t`
+/// ([`blocked::accumulate_values`]); each element's chain is the same.
+pub fn accumulate_values(p: &[f32], values: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if fma() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
+        return unsafe { blocked::accumulate_values(p, values, out) };
+    }
+    accumulate_values_body(p, values, out);
+}
 
 #[inline(always)]
 fn accumulate_values_body(p: &[f32], values: &[f32], out: &mut [f32]) {
@@ -412,15 +425,170 @@ pub fn f32_to_f16_slice(src: &[f32], dst: &mut [u16]) {
     }
 }
 
+/// `gelu(gate) * up`, elementwise, into `gate`, as ggml's CPU `ggml_vec_geglu_f32` with
+/// `GGML_GELU_FP16`: the gate saturates outside ±10 (0 below, the identity above); inside, it
+/// is rounded to f16 and looked up in `table` (`ggml_table_gelu_f16`, one value per f16 bit
+/// pattern). With AVX2, FMA and F16C eight lanes at a time, the rounding `vcvtps2ph` (as
+/// ggml's `GGML_CPU_FP32_TO_FP16`) and the lookup a gather; the bits are those of
+/// [`geglu_body`] (a NaN gate indexes some NaN entry; the table's NaN entries are all the
+/// same NaN).
+pub fn geglu(gate: &mut [f32], up: &[f32], table: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if fma() && f16c() && table.len() > usize::from(u16::MAX) {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time just above), and
+        // `table` has an entry for every u16.
+        return unsafe { f16c::geglu(gate, up, table) };
+    }
+    geglu_body(gate, up, table);
+}
+
+/// [`geglu`] one value at a time, the f16 rounding in software.
+#[inline(always)]
+fn geglu_body(gate: &mut [f32], up: &[f32], table: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * u
+        } else {
+            table
+                .get(usize::from(super::ops::f16_bits(x)))
+                .map_or(f32::NAN, |&t| t * u)
+        };
+    }
+}
+
+/// The attention tile kernels with their accumulators held in registers.
+#[cfg(target_arch = "x86_64")]
+// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
+#[allow(unused_unsafe)]
+mod blocked {
+    use std::arch::x86_64::{
+        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_storeu_ps,
+    };
+
+    /// [`super::tile_scores`]: columns in blocks of 64, then 8, each block's scores in `R`
+    /// registers for the whole chain over the dimensions; the last columns one by one.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn tile_scores(q: &[f32], keys_t: &[f32], scale: f32, scores: &mut [f32]) {
+        let n = scores.len();
+        if n == 0 {
+            return;
+        }
+        let mut c = 0;
+        while c + 64 <= n {
+            // SAFETY: the CPU has AVX2 and FMA (this function's contract); `c + 64 <= n`.
+            unsafe { scores_block::<8>(q, keys_t, scale, scores, c) };
+            c += 64;
+        }
+        while c + 8 <= n {
+            // SAFETY: as above; `c + 8 <= n`.
+            unsafe { scores_block::<1>(q, keys_t, scale, scores, c) };
+            c += 8;
+        }
+        for col in c..n {
+            let mut s = 0f32;
+            for (&qd, row) in q.iter().zip(keys_t.chunks_exact(n)) {
+                s = row[col].mul_add(qd, s);
+            }
+            scores[col] = s * scale;
+        }
+    }
+
+    /// Scores `c..c + 8R` of [`tile_scores`] (the caller keeps `c + 8R <= scores.len()`).
+    #[inline(always)]
+    unsafe fn scores_block<const R: usize>(
+        q: &[f32],
+        keys_t: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        c: usize,
+    ) {
+        let n = scores.len();
+        // SAFETY: the caller's CPU has AVX2 and FMA; every load and store below reads or
+        // writes 8 f32 inside a slice of `8R` values.
+        unsafe {
+            let mut acc: [__m256; R] = [_mm256_setzero_ps(); R];
+            for (&qd, row) in q.iter().zip(keys_t.chunks_exact(n)) {
+                let qv = _mm256_set1_ps(qd);
+                let block = &row[c..c + 8 * R];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(block[8 * r..].as_ptr()), qv, *a);
+                }
+            }
+            let sv = _mm256_set1_ps(scale);
+            let out = &mut scores[c..c + 8 * R];
+            for (r, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out[8 * r..].as_mut_ptr(), _mm256_mul_ps(*a, sv));
+            }
+        }
+    }
+
+    /// [`super::accumulate_values`]: `out` in blocks of 64, then 8, each block in `R` registers
+    /// for the whole chain over `t`; the last elements one by one.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn accumulate_values(p: &[f32], values: &[f32], out: &mut [f32]) {
+        let n = out.len();
+        if n == 0 {
+            return;
+        }
+        let mut c = 0;
+        while c + 64 <= n {
+            // SAFETY: the CPU has AVX2 and FMA (this function's contract); `c + 64 <= n`.
+            unsafe { values_block::<8>(p, values, out, c) };
+            c += 64;
+        }
+        while c + 8 <= n {
+            // SAFETY: as above; `c + 8 <= n`.
+            unsafe { values_block::<1>(p, values, out, c) };
+            c += 8;
+        }
+        for col in c..n {
+            let mut o = out[col];
+            for (&w, row) in p.iter().zip(values.chunks_exact(n)) {
+                o = row[col].mul_add(w, o);
+            }
+            out[col] = o;
+        }
+    }
+
+    /// Elements `c..c + 8R` of [`accumulate_values`] (the caller keeps `c + 8R <= out.len()`).
+    #[inline(always)]
+    unsafe fn values_block<const R: usize>(p: &[f32], values: &[f32], out: &mut [f32], c: usize) {
+        let n = out.len();
+        let out = &mut out[c..c + 8 * R];
+        // SAFETY: the caller's CPU has AVX2 and FMA; every load and store below reads or
+        // writes 8 f32 inside a slice of `8R` values.
+        unsafe {
+            let mut acc: [__m256; R] = [_mm256_setzero_ps(); R];
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_loadu_ps(out[8 * r..].as_ptr());
+            }
+            for (&w, row) in p.iter().zip(values.chunks_exact(n)) {
+                let wv = _mm256_set1_ps(w);
+                let block = &row[c..c + 8 * R];
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(block[8 * r..].as_ptr()), wv, *a);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out[8 * r..].as_mut_ptr(), *a);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 // Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
 #[allow(unused_unsafe)]
 mod f16c {
     use std::arch::x86_64::{
-        __m256, _CMP_UNORD_Q, _MM_FROUND_TO_NEAREST_INT, _mm_loadu_si128, _mm_storeu_si128,
-        _mm256_add_ps, _mm256_blendv_ps, _mm256_cmp_ps, _mm256_cvtph_ps, _mm256_cvtps_ph,
-        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps,
+        __m256, _CMP_GE_OQ, _CMP_LE_OQ, _CMP_UNORD_Q, _MM_FROUND_TO_NEAREST_INT, _mm_loadu_si128,
+        _mm_storeu_si128, _mm256_add_ps, _mm256_blendv_ps, _mm256_cmp_ps, _mm256_cvtepu16_epi32,
+        _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_fmadd_ps, _mm256_i32gather_ps, _mm256_loadu_ps,
+        _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
 
     /// Eight f16 bit patterns widened to f32 (`vcvtph2ps`).
@@ -536,6 +704,37 @@ mod f16c {
         }
     }
 
+    /// [`super::geglu`] eight lanes at a time (`table` has an entry for every u16).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn geglu(gate: &mut [f32], up: &[f32], table: &[f32]) {
+        let n = gate.len().min(up.len());
+        let whole = n & !7;
+        if table.len() <= usize::from(u16::MAX) {
+            return super::geglu_body(gate, up, table);
+        }
+        for (g, u) in gate[..whole]
+            .chunks_exact_mut(8)
+            .zip(up[..whole].chunks_exact(8))
+        {
+            // SAFETY: the CPU has AVX2, FMA and F16C (this function's contract); `g` is 8
+            // writable f32, `u` 8 readable f32; the gathered indices are u16 values, each
+            // inside `table` (checked above).
+            unsafe {
+                let x = _mm256_loadu_ps(g.as_ptr());
+                let uv = _mm256_loadu_ps(u.as_ptr());
+                let bits = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+                let t = _mm256_i32gather_ps::<4>(table.as_ptr(), _mm256_cvtepu16_epi32(bits));
+                let mut r = _mm256_mul_ps(t, uv);
+                let high = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(10.0));
+                r = _mm256_blendv_ps(r, _mm256_mul_ps(x, uv), high);
+                let low = _mm256_cmp_ps::<_CMP_LE_OQ>(x, _mm256_set1_ps(-10.0));
+                r = _mm256_blendv_ps(r, _mm256_setzero_ps(), low);
+                _mm256_storeu_ps(g.as_mut_ptr(), r);
+            }
+        }
+        super::geglu_body(&mut gate[whole..n], &up[whole..n], table);
+    }
+
     #[target_feature(enable = "avx,f16c")]
     pub unsafe fn from_f32(src: &[f32], dst: &mut [u16]) {
         let n = src.len().min(dst.len());
@@ -638,6 +837,91 @@ mod tests {
             mad_f32(&mut a, &x, 0.37);
             mad_f32_body(&mut b, &x, 0.37);
             assert_eq!(a, b);
+        }
+    }
+
+    /// The register-blocked tile kernels give the bits of their plain bodies, over widths
+    /// that exercise the 64- and 8-column blocks and the one-by-one leftovers.
+    #[test]
+    fn blocked_tile_kernels_agree_with_bodies() {
+        let mut rng = hearth_kernels::testing::Rng(0x7f4a_7c15);
+        let mut next = || rng.unit() * 4.0 - 2.0;
+        for cols in [1, 7, 8, 9, 63, 64, 65, 72, 75, 128, 131] {
+            for dims in [0, 1, 5, 64, 256, 257] {
+                let q: Vec<f32> = (0..dims).map(|_| next()).collect();
+                let keys_t: Vec<f32> = (0..dims * cols).map(|_| next()).collect();
+                let (mut a, mut b) = (vec![9f32; cols], vec![9f32; cols]);
+                tile_scores(&q, &keys_t, 0.0625, &mut a);
+                tile_scores_body(&q, &keys_t, 0.0625, &mut b);
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+                // `dims` weights over rows of `cols` values.
+                let init: Vec<f32> = (0..cols).map(|_| next()).collect();
+                let (mut a, mut b) = (init.clone(), init);
+                accumulate_values(&q, &keys_t, &mut a);
+                accumulate_values_body(&q, &keys_t, &mut b);
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+    }
+
+    /// The F16C GEGLU (hardware f16 rounding, gathered lookups) gives the bits of the
+    /// software-rounded body: random gates over ±12, every f16 value in ±10 and the f32 values
+    /// either side of it and of each halfway point (the rounding ties), subnormals, the
+    /// saturation edges, infinities and NaNs of several payloads; odd lengths.
+    #[test]
+    fn geglu_f16c_agrees_with_body() {
+        let table = super::super::ops::gelu_table();
+        // Every NaN bit pattern looks up the same NaN, so a NaN gate's result does not depend
+        // on how its payload is rounded.
+        let nans: Vec<u32> = (0..=u16::MAX)
+            .filter(|&h| (h >> 10) & 0x1f == 0x1f && h & 0x3ff != 0)
+            .map(|h| table[usize::from(h)].to_bits())
+            .collect();
+        assert!(
+            nans.iter()
+                .all(|&b| b == nans[0] && f32::from_bits(b).is_nan())
+        );
+
+        let mut gates: Vec<f32> = Vec::new();
+        for h in 0..=u16::MAX {
+            let v = hearth_kernels::f16_to_f32(h);
+            if v.is_finite() && v.abs() < 10.0 {
+                let b = v.to_bits();
+                // The value, its f32 neighbours and the neighbours of the halfway point up.
+                let half = b + (1 << 12);
+                for x in [b, b + 1, b.wrapping_sub(1), half, half - 1, half + 1] {
+                    gates.push(f32::from_bits(x));
+                }
+            }
+        }
+        let mut rng = hearth_kernels::testing::Rng(0x1234_5678);
+        gates.extend((0..10_001).map(|_| rng.unit() * 24.0 - 12.0));
+        gates.extend([
+            -10.0,
+            10.0,
+            -9.999_999,
+            9.999_999,
+            -10.000_001,
+            10.000_001,
+            1e-30,
+            -1e-30,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7f80_0001),
+            f32::from_bits(0xffc0_1234),
+            f32::from_bits(0x7fbf_ffff),
+        ]);
+        let up: Vec<f32> = (0..gates.len()).map(|_| rng.unit() * 6.0 - 3.0).collect();
+        for n in [gates.len(), gates.len() - 3, 7, 9] {
+            let (mut a, mut b) = (gates[..n].to_vec(), gates[..n].to_vec());
+            geglu(&mut a, &up[..n], table);
+            geglu_body(&mut b, &up[..n], table);
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                assert_eq!(x.to_bits(), y.to_bits(), "gate {:e} ({i})", gates[i]);
+            }
         }
     }
 

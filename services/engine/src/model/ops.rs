@@ -37,26 +37,56 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
-/// `silu(gate) * up`, elementwise, into `gate`, with ggml's vector `expf`.
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    ggml_math::swiglu(gate, up);
+/// `silu(gate) * up`, elementwise, into `gate`, with ggml's vector `expf`
+/// ([`ggml_math::swiglu`]); on the pool's threads when `gate` is large ([`elementwise`]).
+pub fn swiglu(pool: &Pool, gate: &mut [f32], up: &[f32]) {
+    elementwise(pool, gate, up, &|g, u| ggml_math::swiglu(g, u));
 }
 
 /// `gelu(gate) * up`, elementwise, into `gate`, as ggml's CPU `geglu` computes it: the gate
 /// saturates outside ±10 (0 below, the identity above); inside, it is rounded to f16 and looked
-/// up in a table of f16-rounded tanh-approximation GELU values (`GGML_GELU_FP16`).
-pub fn geglu(gate: &mut [f32], up: &[f32]) {
+/// up in a table of f16-rounded tanh-approximation GELU values (`GGML_GELU_FP16`;
+/// [`ggml_math::geglu`]). On the pool's threads when `gate` is large ([`elementwise`]).
+pub fn geglu(pool: &Pool, gate: &mut [f32], up: &[f32]) {
     let table = gelu_table();
-    for (g, &u) in gate.iter_mut().zip(up) {
-        let x = *g;
-        *g = if x <= -10.0 {
-            0.0
-        } else if x >= 10.0 {
-            x * u
-        } else {
-            table[usize::from(f16_bits(x))] * u
-        };
+    elementwise(pool, gate, up, &|g, u| ggml_math::geglu(g, u, table));
+}
+
+/// Gate values (a prompt's worth of rows) from which the FFN activation runs on the pool's
+/// threads; a decode step's single row stays on the caller, where handing it out costs more
+/// than it saves.
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 14;
+
+/// Calls `f` on shares of `gate` and the matching parts of `up`, one share per pool thread
+/// when `gate` has at least [`PARALLEL_MIN_ELEMENTS`] values, otherwise on all of it here.
+/// Shares start at multiples of 16 from the start of `gate`, so an `f` that treats whole
+/// groups of 16 apart from its leftovers (as [`ggml_math::swiglu`] does) sees the same groups
+/// and leftovers; for an elementwise `f` each value is the same whichever thread computes it.
+fn elementwise(pool: &Pool, gate: &mut [f32], up: &[f32], f: &(dyn Fn(&mut [f32], &[f32]) + Sync)) {
+    let threads = pool.threads();
+    if threads <= 1 || gate.len() < PARALLEL_MIN_ELEMENTS {
+        f(gate, up);
+        return;
     }
+    let per = gate.len().div_ceil(threads).next_multiple_of(16);
+    let shares: Vec<Mutex<(&mut [f32], &[f32])>> = gate
+        .chunks_mut(per)
+        .enumerate()
+        .map(|(i, g)| {
+            let start = (i * per).min(up.len());
+            let end = (start + g.len()).min(up.len());
+            Mutex::new((g, &up[start..end]))
+        })
+        .collect();
+    pool.run(&|t| {
+        if let Some(share) = shares.get(t) {
+            let mut share = share
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let (g, u) = &mut *share;
+            f(g, u);
+        }
+    });
 }
 
 /// ggml's `ggml_gelu_f32`: the tanh approximation, in `f32`.
@@ -67,7 +97,7 @@ pub fn gelu_tanh(x: f32) -> f32 {
 }
 
 /// `f16(gelu(x))` for every f16 bit pattern `x`, as ggml fills `ggml_table_gelu_f16`.
-fn gelu_table() -> &'static [f32] {
+pub(super) fn gelu_table() -> &'static [f32] {
     static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         (0..=u16::MAX)
@@ -977,7 +1007,8 @@ mod tests {
             -12.0f32, -10.0, -3.0, -0.5, 0.0, 1e-6, 0.3, 1.0, 2.5, 9.99, 10.0, 30.0,
         ];
         let mut g = xs.to_vec();
-        geglu(&mut g, &[2.0; 12]);
+        let pool = Pool::new(1).expect("pool");
+        geglu(&pool, &mut g, &[2.0; 12]);
         for (&x, &y) in xs.iter().zip(&g) {
             let want = if x <= -10.0 {
                 0.0
@@ -994,6 +1025,34 @@ mod tests {
             );
         }
         assert!((gelu_tanh(1.0) - 0.841_192).abs() < 1e-5);
+    }
+
+    /// The FFN activations on the pool (2 and 3 threads, odd lengths above and below the
+    /// threshold) give the bits of one call on the caller.
+    #[test]
+    fn pooled_activations_match_serial() {
+        let mut rng = hearth_kernels::testing::Rng(0x51_7cc1);
+        for threads in [2, 3] {
+            let pool = Pool::new(threads).unwrap();
+            for n in [
+                17,
+                PARALLEL_MIN_ELEMENTS - 1,
+                PARALLEL_MIN_ELEMENTS,
+                PARALLEL_MIN_ELEMENTS + 13,
+                3 * PARALLEL_MIN_ELEMENTS + 7,
+            ] {
+                let gate = random(&mut rng, n, 12.0);
+                let up = random(&mut rng, n, 3.0);
+                let (mut a, mut b) = (gate.clone(), gate.clone());
+                swiglu(&pool, &mut a, &up);
+                ggml_math::swiglu(&mut b, &up);
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+                let (mut a, mut b) = (gate.clone(), gate.clone());
+                geglu(&pool, &mut a, &up);
+                ggml_math::geglu(&mut b, &up, gelu_table());
+                assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
     }
 
     #[test]

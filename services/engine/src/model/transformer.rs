@@ -339,8 +339,8 @@ impl Transformer {
                 m,
             )?)?;
             match hp.ffn_activation {
-                FfnActivation::Silu => ops::swiglu(&mut gate, &up),
-                FfnActivation::GeluTanh => ops::geglu(&mut gate, &up),
+                FfnActivation::Silu => ops::swiglu(&self.pool, &mut gate, &up),
+                FfnActivation::GeluTanh => ops::geglu(&self.pool, &mut gate, &up),
             }
             let mut down = layer.down.matmul(&self.pool, &gate, m)?;
             if let Some(w) = &layer.ffn_post_norm {
