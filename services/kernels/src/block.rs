@@ -353,6 +353,69 @@ pub(crate) mod x86 {
         q8: &'a [[i8; QK]],
     }
 
+    impl<'a> Row<'a> {
+        /// `w`'s arrays and its format constant.
+        fn of(w: WeightRow<'a>) -> (u8, Self) {
+            let mut row = Row {
+                d: &[],
+                m: &[],
+                nib: &[],
+                qh: &[],
+                q8: &[],
+            };
+            let format = match w {
+                WeightRow::Q4_0 { d, qs } => {
+                    (row.d, row.nib) = (d, qs);
+                    Q4_0
+                }
+                WeightRow::Q4_1 { d, m, qs } => {
+                    (row.d, row.m, row.nib) = (d, m, qs);
+                    Q4_1
+                }
+                WeightRow::Q5_0 { d, qh, qs } => {
+                    (row.d, row.qh, row.nib) = (d, qh, qs);
+                    Q5_0
+                }
+                WeightRow::Q8_0 { d, qs } => {
+                    (row.d, row.q8) = (d, qs);
+                    Q8_0
+                }
+            };
+            (format, row)
+        }
+
+        /// Row `r` of a run of rows of `nb` blocks each (arrays the format lacks stay empty).
+        fn nth(&self, r: usize, nb: usize) -> Self {
+            fn part<T>(v: &[T], r: usize, nb: usize) -> &[T] {
+                if v.is_empty() {
+                    v
+                } else {
+                    &v[r * nb..(r + 1) * nb]
+                }
+            }
+            Row {
+                d: part(self.d, r, nb),
+                m: part(self.m, r, nb),
+                nib: part(self.nib, r, nb),
+                qh: part(self.qh, r, nb),
+                q8: part(self.q8, r, nb),
+            }
+        }
+    }
+
+    /// `$f::<F>(args)` with `F` the format constant `$format` names (one monomorphised loop
+    /// per format).
+    macro_rules! by_format {
+        ($format:expr, $f:ident($($arg:expr),*)) => {
+            match $format {
+                Q4_0 => $f::<Q4_0>($($arg),*),
+                Q4_1 => $f::<Q4_1>($($arg),*),
+                Q5_0 => $f::<Q5_0>($($arg),*),
+                _ => $f::<Q8_0>($($arg),*),
+            }
+        };
+    }
+
     /// Block `b`'s 32 values as bytes (signed, except Q4_1's unsigned nibbles).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -378,42 +441,42 @@ pub(crate) mod x86 {
     /// stay in registers and each unpacked weight block serves all four), the rest one by one.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_rows(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
-        let mut row = Row {
-            d: &[],
-            m: &[],
-            nib: &[],
-            qh: &[],
-            q8: &[],
-        };
-        // SAFETY (all calls below): AVX2 and FMA are available (this function's requirement).
-        match w {
-            WeightRow::Q4_0 { d, qs } => {
-                (row.d, row.nib) = (d, qs);
-                unsafe { dot_format::<Q4_0>(&row, acts, out) }
-            }
-            WeightRow::Q4_1 { d, m, qs } => {
-                (row.d, row.m, row.nib) = (d, m, qs);
-                unsafe { dot_format::<Q4_1>(&row, acts, out) }
-            }
-            WeightRow::Q5_0 { d, qh, qs } => {
-                (row.d, row.qh, row.nib) = (d, qh, qs);
-                unsafe { dot_format::<Q5_0>(&row, acts, out) }
-            }
-            WeightRow::Q8_0 { d, qs } => {
-                (row.d, row.q8) = (d, qs);
-                unsafe { dot_format::<Q8_0>(&row, acts, out) }
-            }
-        }
+        let (format, row) = Row::of(w);
+        // SAFETY: AVX2 and FMA are available (this function's requirement).
+        unsafe { by_format!(format, dot_format_avx2(&row, acts, out)) }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_format<const F: u8>(w: &Row<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+    unsafe fn dot_format_avx2<const F: u8>(w: &Row<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+        // SAFETY: AVX2 and FMA are available (this function's own requirement).
+        unsafe { dot_format::<F, false>(w, acts, out) }
+    }
+
+    /// Activation rows in groups of `8` (VNNI only: the AVX2 lanes need more registers), then
+    /// four, then one by one, each group sharing every unpacked weight block.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_format<const F: u8, const VNNI: bool>(
+        w: &Row<'_>,
+        acts: &[ActRow<'_>],
+        out: &mut [f32],
+    ) {
+        let (mut acts, mut out) = (acts, out);
+        if VNNI {
+            let mut groups = acts.chunks_exact(8);
+            let mut outs = out.chunks_exact_mut(8);
+            for (a, o) in (&mut groups).zip(&mut outs) {
+                // SAFETY: AVX2, FMA (and VNNI) are available (this function's requirement).
+                unsafe { dot_group::<8, F, VNNI>(w, a, o) };
+            }
+            (acts, out) = (groups.remainder(), outs.into_remainder());
+        }
         let mut groups = acts.chunks_exact(4);
         let mut outs = out.chunks_exact_mut(4);
         for (a, o) in (&mut groups).zip(&mut outs) {
-            // SAFETY: AVX2 and FMA are available (this function's own requirement).
-            unsafe { dot_group::<4, F>(w, a, o) };
+            // SAFETY: as above.
+            unsafe { dot_group::<4, F, VNNI>(w, a, o) };
         }
         for (a, o) in groups
             .remainder()
@@ -421,14 +484,19 @@ pub(crate) mod x86 {
             .zip(outs.into_remainder().chunks_mut(1))
         {
             // SAFETY: as above.
-            unsafe { dot_group::<1, F>(w, a, o) };
+            unsafe { dot_group::<1, F, VNNI>(w, a, o) };
         }
     }
 
-    /// `R` activation rows (`acts.len() == out.len() == R`) against one weight row.
+    /// `R` activation rows (`acts.len() == out.len() == R`) against one weight row. The AVX2
+    /// lanes are `madd(maddubs(|x|, sign(y, x)), 1)`, as ggml's; with `VNNI` one `vpdpbusd` of
+    /// the sign-flipped activations (`y + 128`) and the signed weights, started at minus the
+    /// weight block's `128 · Σx` (one more `vpdpbusd` per block, shared by the `R` rows), gives
+    /// the same integers (Q4_1's weights are unsigned and multiply the activations directly).
+    /// The scales, `fmadd`, `hsum8` and Q4_1's minimums are the same in both.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_group<const R: usize, const F: u8>(
+    unsafe fn dot_group<const R: usize, const F: u8, const VNNI: bool>(
         w: &Row<'_>,
         acts: &[ActRow<'_>],
         out: &mut [f32],
@@ -443,17 +511,38 @@ pub(crate) mod x86 {
         // SAFETY: the loads read whole `[i8; QK]` blocks; the store writes an `[f32; 8]`.
         unsafe {
             let ones = _mm256_set1_epi16(1);
+            let flip = _mm256_set1_epi8(-128);
             let mut acc = [_mm256_setzero_ps(); R];
             let mut summs = [0f32; R];
             for (b, &dx) in w.d.iter().enumerate() {
                 let x = block::<F>(w, b);
-                let ax = if unsigned { x } else { _mm256_sign_epi8(x, x) };
+                let ax = if unsigned || VNNI {
+                    x
+                } else {
+                    _mm256_sign_epi8(x, x)
+                };
+                // VNNI: minus 128·Σx per lane (0x80 read as unsigned is 128).
+                let start = if unsigned || !VNNI {
+                    _mm256_setzero_si256()
+                } else {
+                    _mm256_sub_epi32(
+                        _mm256_setzero_si256(),
+                        dpbusd(_mm256_setzero_si256(), flip, x),
+                    )
+                };
                 for r in 0..R {
                     let a = &acts[r];
                     let qy: &[i8; QK] = a.qs.get_unchecked(b);
                     let y = _mm256_loadu_si256(qy.as_ptr().cast());
-                    let sy = if unsigned { y } else { _mm256_sign_epi8(y, x) };
-                    let lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                    let lanes = match (VNNI, unsigned) {
+                        (true, true) => dpbusd(start, x, y),
+                        (true, false) => dpbusd(start, _mm256_xor_si256(y, flip), x),
+                        (false, true) => _mm256_madd_epi16(_mm256_maddubs_epi16(ax, y), ones),
+                        (false, false) => {
+                            let sy = _mm256_sign_epi8(y, x);
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones)
+                        }
+                    };
                     let dd = _mm256_set1_ps(dx * *a.d.get_unchecked(b));
                     acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
                     if unsigned {
@@ -490,7 +579,7 @@ pub(crate) mod x86 {
         acc
     }
 
-    /// See [`super::dot_rows_one_act`]: each row as [`dot_group`] (or [`dot_group_vnni`])
+    /// See [`super::dot_rows_one_act`]: each row as [`dot_group`] (or [`dot_one_vnni`])
     /// with one activation row, all in this one call.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_rows_one_act<const VNNI: bool>(
@@ -499,45 +588,25 @@ pub(crate) mod x86 {
         act: &ActRow<'_>,
         out: &mut [f32],
     ) {
-        let rows = out.len();
-        let (d, m, nib, qh, q8, format) = match w {
-            WeightRow::Q4_0 { d, qs } => (d, &[][..], qs, &[][..], &[][..], Q4_0),
-            WeightRow::Q4_1 { d, m, qs } => (d, m, qs, &[][..], &[][..], Q4_1),
-            WeightRow::Q5_0 { d, qh, qs } => (d, &[][..], qs, qh, &[][..], Q5_0),
-            WeightRow::Q8_0 { d, qs } => (d, &[][..], &[][..], &[][..], qs, Q8_0),
-        };
-        assert!(d.len() >= rows * nb);
+        let (format, all) = Row::of(w);
+        assert!(all.d.len() >= out.len() * nb);
         let acts = std::slice::from_ref(act);
         let corr = if VNNI {
             lane_corrections(format, act, nb)
         } else {
             Vec::new()
         };
-        // Row r's share of an array the format has (the others are empty).
-        fn part<T>(v: &[T], r: usize, nb: usize) -> &[T] {
-            if v.is_empty() {
-                v
-            } else {
-                &v[r * nb..(r + 1) * nb]
-            }
-        }
         for (r, o) in out.iter_mut().enumerate() {
-            let row = Row {
-                d: &d[r * nb..(r + 1) * nb],
-                m: part(m, r, nb),
-                nib: part(nib, r, nb),
-                qh: part(qh, r, nb),
-                q8: part(q8, r, nb),
-            };
+            let row = all.nth(r, nb);
             let o = std::slice::from_mut(o);
             // SAFETY (all calls): AVX2 and FMA (and VNNI when `VNNI`) are available (this
             // function's own requirement).
             unsafe {
                 match (format, VNNI) {
-                    (Q4_0, false) => dot_group::<1, Q4_0>(&row, acts, o),
-                    (Q4_1, false) => dot_group::<1, Q4_1>(&row, acts, o),
-                    (Q5_0, false) => dot_group::<1, Q5_0>(&row, acts, o),
-                    (_, false) => dot_group::<1, Q8_0>(&row, acts, o),
+                    (Q4_0, false) => dot_group::<1, Q4_0, false>(&row, acts, o),
+                    (Q4_1, false) => dot_group::<1, Q4_1, false>(&row, acts, o),
+                    (Q5_0, false) => dot_group::<1, Q5_0, false>(&row, acts, o),
+                    (_, false) => dot_group::<1, Q8_0, false>(&row, acts, o),
                     (Q4_0, true) => o[0] = dot_one_vnni::<Q4_0>(&row, act, &corr),
                     (Q4_1, true) => o[0] = dot_one_vnni::<Q4_1>(&row, act, &corr),
                     (Q5_0, true) => o[0] = dot_one_vnni::<Q5_0>(&row, act, &corr),
@@ -592,7 +661,7 @@ pub(crate) mod x86 {
         }
     }
 
-    /// One weight row against one activation row, [`dot_group_vnni`]'s arithmetic with the
+    /// One weight row against one activation row, [`dot_group`]'s VNNI arithmetic with the
     /// roles swapped: the weights as unsigned bytes `q + offset` ([`block_unsigned`]) times
     /// the signed activations, each block's lanes started at the precomputed
     /// `-offset · Σy` (`corr`), which leaves the same eight lanes with no per-block work on
@@ -634,78 +703,31 @@ pub(crate) mod x86 {
         }
     }
 
-    /// See [`super::dot_rows`]: the VNNI version. `vpdpbusd` multiplies unsigned bytes by
-    /// signed ones, so the activations are made unsigned (`y + 128`, a flipped sign bit) and
-    /// each weight block's `128 · Σx` (one `vpdpbusd` per block, shared by all activation
-    /// rows) starts the lanes at minus that: `Σ (y + 128)·x − 128·Σx` leaves exactly the
-    /// eight lanes of `Σ x·y` the AVX2 version builds with `sign`, `maddubs` and `madd`, in
-    /// one instruction per activation row. Q4_1's weights are unsigned already and multiply
-    /// the activations directly. The rest (scales, `fmadd`, `hsum8`, Q4_1's minimums) is the
-    /// AVX2 version's arithmetic, so the results are the same bits.
+    /// See [`super::dot_rows`]: the VNNI version ([`dot_group`] says how its lanes are the
+    /// AVX2 version's integers, so the results are the same bits); groups of eight rows.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_rows_vnni(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
-        let mut row = Row {
-            d: &[],
-            m: &[],
-            nib: &[],
-            qh: &[],
-            q8: &[],
-        };
-        // SAFETY (all calls below): AVX2, FMA and VNNI are available (this function's
-        // requirement).
-        match w {
-            WeightRow::Q4_0 { d, qs } => {
-                (row.d, row.nib) = (d, qs);
-                unsafe { dot_format_vnni::<Q4_0>(&row, acts, out) }
-            }
-            WeightRow::Q4_1 { d, m, qs } => {
-                (row.d, row.m, row.nib) = (d, m, qs);
-                unsafe { dot_format_vnni::<Q4_1>(&row, acts, out) }
-            }
-            WeightRow::Q5_0 { d, qh, qs } => {
-                (row.d, row.qh, row.nib) = (d, qh, qs);
-                unsafe { dot_format_vnni::<Q5_0>(&row, acts, out) }
-            }
-            WeightRow::Q8_0 { d, qs } => {
-                (row.d, row.q8) = (d, qs);
-                unsafe { dot_format_vnni::<Q8_0>(&row, acts, out) }
-            }
-        }
+        let (format, row) = Row::of(w);
+        // SAFETY: AVX2, FMA and VNNI are available (this function's requirement).
+        unsafe { by_format!(format, dot_format_vnni(&row, acts, out)) }
     }
 
-    /// See [`super::dot_panel`]: [`dot_group_vnni`]'s arithmetic for eight rows, reading the
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn dot_format_vnni<const F: u8>(w: &Row<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
+        // SAFETY: AVX2, FMA and VNNI are available (this function's own requirement).
+        unsafe { dot_format::<F, true>(w, acts, out) }
+    }
+
+    /// See [`super::dot_panel`]: [`dot_group`]'s VNNI arithmetic for eight rows, reading the
     /// interleaved panel (the eight scale products in one multiply, the activations already
     /// flipped; Q4_1's minimum terms `m·s` for the eight rows in one multiply and one add,
     /// each rounded as the scalar ones).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_panel_vnni(w: WeightRow<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
-        let mut row = Row {
-            d: &[],
-            m: &[],
-            nib: &[],
-            qh: &[],
-            q8: &[],
-        };
-        // SAFETY (all calls below): AVX2, FMA and VNNI are available (this function's
-        // requirement).
-        match w {
-            WeightRow::Q4_0 { d, qs } => {
-                (row.d, row.nib) = (d, qs);
-                unsafe { panel_format::<Q4_0>(&row, panel, out) }
-            }
-            WeightRow::Q4_1 { d, m, qs } => {
-                (row.d, row.m, row.nib) = (d, m, qs);
-                unsafe { panel_format::<Q4_1>(&row, panel, out) }
-            }
-            WeightRow::Q5_0 { d, qh, qs } => {
-                (row.d, row.qh, row.nib) = (d, qh, qs);
-                unsafe { panel_format::<Q5_0>(&row, panel, out) }
-            }
-            WeightRow::Q8_0 { d, qs } => {
-                (row.d, row.q8) = (d, qs);
-                unsafe { panel_format::<Q8_0>(&row, panel, out) }
-            }
-        }
+        let (format, row) = Row::of(w);
+        // SAFETY: AVX2, FMA and VNNI are available (this function's requirement).
+        unsafe { by_format!(format, panel_format(&row, panel, out)) }
     }
 
     #[inline]
@@ -763,90 +785,6 @@ pub(crate) mod x86 {
                 let mut l = [0f32; 8];
                 _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
                 out[r] = hsum8(l) + m[r];
-            }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_format_vnni<const F: u8>(w: &Row<'_>, acts: &[ActRow<'_>], out: &mut [f32]) {
-        // Eight rows share each unpacked weight block (the accumulators and the shared
-        // values just fit the sixteen registers), then four, then one by one.
-        let mut groups = acts.chunks_exact(8);
-        let mut outs = out.chunks_exact_mut(8);
-        for (a, o) in (&mut groups).zip(&mut outs) {
-            // SAFETY: AVX2, FMA and VNNI are available (this function's own requirement).
-            unsafe { dot_group_vnni::<8, F>(w, a, o) };
-        }
-        let mut groups = groups.remainder().chunks_exact(4);
-        let mut outs = outs.into_remainder().chunks_exact_mut(4);
-        for (a, o) in (&mut groups).zip(&mut outs) {
-            // SAFETY: as above.
-            unsafe { dot_group_vnni::<4, F>(w, a, o) };
-        }
-        for (a, o) in groups
-            .remainder()
-            .chunks(1)
-            .zip(outs.into_remainder().chunks_mut(1))
-        {
-            // SAFETY: as above.
-            unsafe { dot_group_vnni::<1, F>(w, a, o) };
-        }
-    }
-
-    /// `R` activation rows (`acts.len() == out.len() == R`) against one weight row.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_group_vnni<const R: usize, const F: u8>(
-        w: &Row<'_>,
-        acts: &[ActRow<'_>],
-        out: &mut [f32],
-    ) {
-        let unsigned = F == Q4_1;
-        let nb = w.d.len();
-        let acts: &[ActRow<'_>; R] = acts.try_into().expect("R activation rows");
-        // Every row has the weight row's block count, so the loop below indexes in bounds.
-        for a in acts {
-            assert!(a.d.len() >= nb && a.qs.len() >= nb && (!unsigned || a.s.len() >= nb));
-        }
-        // SAFETY: the loads read whole `[i8; QK]` blocks; the store writes an `[f32; 8]`.
-        unsafe {
-            let flip = _mm256_set1_epi8(-128);
-            let mut acc = [_mm256_setzero_ps(); R];
-            let mut summs = [0f32; R];
-            for (b, &dx) in w.d.iter().enumerate() {
-                let x = block::<F>(w, b);
-                // Minus 128·Σx per lane (0x80 read as unsigned is 128).
-                let start = if unsigned {
-                    _mm256_setzero_si256()
-                } else {
-                    _mm256_sub_epi32(
-                        _mm256_setzero_si256(),
-                        dpbusd(_mm256_setzero_si256(), flip, x),
-                    )
-                };
-                let dxv = _mm256_set1_ps(dx);
-                for r in 0..R {
-                    let a = &acts[r];
-                    let qy: &[i8; QK] = a.qs.get_unchecked(b);
-                    let y = _mm256_loadu_si256(qy.as_ptr().cast());
-                    let lanes = if unsigned {
-                        dpbusd(start, x, y)
-                    } else {
-                        dpbusd(start, _mm256_xor_si256(y, flip), x)
-                    };
-                    // dx · dy rounded once, as the AVX2 version's scalar product.
-                    let dd = _mm256_mul_ps(dxv, _mm256_set1_ps(*a.d.get_unchecked(b)));
-                    acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), dd, acc[r]);
-                    if unsigned {
-                        summs[r] += w.m[b] * *a.s.get_unchecked(b);
-                    }
-                }
-            }
-            for r in 0..R {
-                let mut l = [0f32; 8];
-                _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
-                out[r] = hsum8(l) + summs[r];
             }
         }
     }

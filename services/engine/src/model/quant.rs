@@ -419,25 +419,13 @@ impl QMatrix {
     pub fn load(reader: &mut TensorReader<'_>, name: &str, n: usize, k: usize) -> Result<Self> {
         let (dtype, _) = reader.info(name)?;
         let kernel = if k % QK == 0 && ENGINE_KERNEL_TYPES.contains(&dtype) {
-            let mut blocks = Blocks::with_capacity(dtype, n * k / QK);
-            if let Some(b) = blocks.as_mut() {
-                reader.read_pieces(name, |piece| {
-                    b.extend(piece);
-                    Ok(())
-                })?;
-            }
-            blocks
+            let blocks = Blocks::with_capacity(dtype, n * k / QK);
+            read_into(reader, name, blocks, Blocks::extend)?
                 .filter(|b| b.block_count() == n * k / QK)
                 .map(Kernel::Blocks)
         } else {
-            let mut blocks = KBlocks::with_capacity(dtype, n, k, REPACK_Q4K);
-            if let Some(b) = blocks.as_mut() {
-                reader.read_pieces(name, |piece| {
-                    b.extend(piece);
-                    Ok(())
-                })?;
-            }
-            blocks
+            let blocks = KBlocks::with_capacity(dtype, n, k, REPACK_Q4K);
+            read_into(reader, name, blocks, KBlocks::extend)?
                 .filter(|b| b.block_count() == n * (k / QK_K))
                 .map(Kernel::K)
         };
@@ -452,6 +440,23 @@ impl QMatrix {
         let mut out = matmul_shared(pool, &[self], x, m)?;
         Ok(out.pop().unwrap_or_default())
     }
+}
+
+/// Appends tensor `name`'s bytes to `blocks` piece by piece with `extend` (nothing is read
+/// when `blocks` is `None`, a format without engine kernels).
+fn read_into<B>(
+    reader: &mut TensorReader<'_>,
+    name: &str,
+    mut blocks: Option<B>,
+    extend: fn(&mut B, &[u8]),
+) -> Result<Option<B>> {
+    if let Some(b) = blocks.as_mut() {
+        reader.read_pieces(name, |piece| {
+            extend(b, piece);
+            Ok(())
+        })?;
+    }
+    Ok(blocks)
 }
 
 /// Output rows per work item.
