@@ -86,18 +86,24 @@ async function logout() {
 }
 
 /** Sends `text` and records every text the answer shows while it streams (a MutationObserver). */
-async function sendAndWatch(text) {
-  await page.evaluate(() => {
+// With `stopAt`, the page's own Stop button is clicked from the observer the moment the
+// answer has shown that many states: the engine streams a short answer (the model samples, so
+// some are a few tokens) faster than a click from the test could land.
+async function sendAndWatch(text, { stopAt = 0 } = {}) {
+  await page.evaluate((stopAt) => {
     window.__states = [];
     const log = document.getElementById("log");
     window.__observer = new MutationObserver(() => {
       const li = log.querySelector(".msg.assistant.streaming:last-child");
       if (!li) return;
       const t = li.querySelector(".body").textContent;
-      if (t && window.__states[window.__states.length - 1] !== t) window.__states.push(t);
+      if (t && window.__states[window.__states.length - 1] !== t) {
+        window.__states.push(t);
+        if (window.__states.length === stopAt) document.getElementById("stop").click();
+      }
     });
     window.__observer.observe(log, { subtree: true, childList: true, characterData: true });
-  });
+  }, stopAt);
   await page.locator("#prompt").fill(text);
   await page.locator("#prompt").press("Enter");
 }
@@ -180,11 +186,9 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
   });
 
   test("stop ends the answer and keeps what arrived", async () => {
-    await sendAndWatch("Count from 1 to 1000, one number per line.");
+    await sendAndWatch("Count from 1 to 1000, one number per line.", { stopAt: 2 });
     const answer = page.locator("#log .msg.assistant").last();
-    await page.waitForFunction(() => (window.__states || []).length >= 3, null, { timeout: 120_000 });
-    await page.locator("#stop").click();
-    await answer.and(page.locator("[data-state=stopped]")).waitFor();
+    await answer.and(page.locator("[data-state=stopped]")).waitFor({ timeout: 120_000 });
     // The page then shows the stored (stopped) answer, rendered, with its id for Regenerate.
     await page.locator("#log .msg.assistant:last-child[data-state=stopped]:not([data-id=''])").waitFor();
     const text = await answer.locator(".body").textContent();
