@@ -961,6 +961,38 @@ mod tests {
         }
     }
 
+    /// One weight row in each format, from the same random data.
+    fn formats(w: &Data) -> [WeightRow<'_>; 4] {
+        [
+            WeightRow::Q4_0 {
+                d: &w.d,
+                qs: &w.nib,
+            },
+            WeightRow::Q4_1 {
+                d: &w.d,
+                m: &w.m,
+                qs: &w.nib,
+            },
+            WeightRow::Q5_0 {
+                d: &w.d,
+                qh: &w.qh,
+                qs: &w.nib,
+            },
+            WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
+        ]
+    }
+
+    impl Data {
+        /// This data as an activation row (`m` standing in for Q8_1's block sums).
+        fn act(&self) -> ActRow<'_> {
+            ActRow {
+                d: &self.d,
+                s: &self.m,
+                qs: &self.q8,
+            }
+        }
+    }
+
     /// Every version this CPU runs (all of them, whatever `HEARTH_KERNELS` says).
     fn isas() -> Vec<Isa> {
         Isa::supported()
@@ -975,31 +1007,8 @@ mod tests {
             for n_acts in [1usize, 3, 8, 9, 17] {
                 let w = data(&mut rng, blocks);
                 let acts: Vec<Data> = (0..n_acts).map(|_| data(&mut rng, blocks)).collect();
-                let rows: Vec<ActRow<'_>> = acts
-                    .iter()
-                    .map(|a| ActRow {
-                        d: &a.d,
-                        s: &a.m,
-                        qs: &a.q8,
-                    })
-                    .collect();
-                let formats = [
-                    WeightRow::Q4_0 {
-                        d: &w.d,
-                        qs: &w.nib,
-                    },
-                    WeightRow::Q4_1 {
-                        d: &w.d,
-                        m: &w.m,
-                        qs: &w.nib,
-                    },
-                    WeightRow::Q5_0 {
-                        d: &w.d,
-                        qh: &w.qh,
-                        qs: &w.nib,
-                    },
-                    WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
-                ];
+                let rows: Vec<ActRow<'_>> = acts.iter().map(Data::act).collect();
+                let formats = formats(&w);
                 for (f, wr) in formats.into_iter().enumerate() {
                     for isa in isas() {
                         let mut out = vec![f32::NAN; n_acts];
@@ -1027,31 +1036,8 @@ mod tests {
         for blocks in [1usize, 7, 18] {
             let w = data(&mut rng, blocks);
             let acts: Vec<Data> = (0..11).map(|_| data(&mut rng, blocks)).collect();
-            let rows: Vec<ActRow<'_>> = acts
-                .iter()
-                .map(|a| ActRow {
-                    d: &a.d,
-                    s: &a.m,
-                    qs: &a.q8,
-                })
-                .collect();
-            for wr in [
-                WeightRow::Q4_0 {
-                    d: &w.d,
-                    qs: &w.nib,
-                },
-                WeightRow::Q4_1 {
-                    d: &w.d,
-                    m: &w.m,
-                    qs: &w.nib,
-                },
-                WeightRow::Q5_0 {
-                    d: &w.d,
-                    qh: &w.qh,
-                    qs: &w.nib,
-                },
-                WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
-            ] {
+            let rows: Vec<ActRow<'_>> = acts.iter().map(Data::act).collect();
+            for wr in formats(&w) {
                 let mut want = vec![0f32; rows.len()];
                 dot_rows_body::<true>(wr, &rows, &mut want);
                 for isa in isas().into_iter().skip(1) {
@@ -1075,28 +1061,8 @@ mod tests {
         let (rows, nb) = (13usize, 5usize);
         let w = data(&mut rng, rows * nb);
         let a = data(&mut rng, nb);
-        let act = ActRow {
-            d: &a.d,
-            s: &a.m,
-            qs: &a.q8,
-        };
-        for wr in [
-            WeightRow::Q4_0 {
-                d: &w.d,
-                qs: &w.nib,
-            },
-            WeightRow::Q4_1 {
-                d: &w.d,
-                m: &w.m,
-                qs: &w.nib,
-            },
-            WeightRow::Q5_0 {
-                d: &w.d,
-                qh: &w.qh,
-                qs: &w.nib,
-            },
-            WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
-        ] {
+        let act = a.act();
+        for wr in formats(&w) {
             for isa in isas() {
                 let mut got = vec![f32::NAN; rows];
                 dot_rows_one_act(isa, wr, nb, act, &mut got);
@@ -1118,33 +1084,10 @@ mod tests {
         for blocks in [1usize, 7, 20] {
             let w = data(&mut rng, blocks);
             let acts: Vec<Data> = (0..PANEL_ROWS).map(|_| data(&mut rng, blocks)).collect();
-            let rows: Vec<ActRow<'_>> = acts
-                .iter()
-                .map(|a| ActRow {
-                    d: &a.d,
-                    s: &a.m,
-                    qs: &a.q8,
-                })
-                .collect();
+            let rows: Vec<ActRow<'_>> = acts.iter().map(Data::act).collect();
             let rows: &[ActRow<'_>; PANEL_ROWS] = rows.as_slice().try_into().unwrap();
             let panels = [ActPanel::new(rows, false), ActPanel::new(rows, true)];
-            for wr in [
-                WeightRow::Q4_0 {
-                    d: &w.d,
-                    qs: &w.nib,
-                },
-                WeightRow::Q4_1 {
-                    d: &w.d,
-                    m: &w.m,
-                    qs: &w.nib,
-                },
-                WeightRow::Q5_0 {
-                    d: &w.d,
-                    qh: &w.qh,
-                    qs: &w.nib,
-                },
-                WeightRow::Q8_0 { d: &w.d, qs: &w.q8 },
-            ] {
+            for wr in formats(&w) {
                 let mut want = [0f32; PANEL_ROWS];
                 dot_rows_body::<true>(wr, rows, &mut want);
                 let q8_1 = matches!(wr, WeightRow::Q4_1 { .. });
@@ -1209,16 +1152,8 @@ mod tests {
         let mut rng = Rng(42);
         let w = data(&mut rng, 24);
         let a = data(&mut rng, 24);
-        let row = [ActRow {
-            d: &a.d,
-            s: &a.m,
-            qs: &a.q8,
-        }];
-        let wr = WeightRow::Q4_1 {
-            d: &w.d,
-            m: &w.m,
-            qs: &w.nib,
-        };
+        let row = [a.act()];
+        let wr = formats(&w)[1];
         let mut results = Vec::new();
         for isa in isas() {
             let mut out = [0f32];
