@@ -1,6 +1,5 @@
 //! The non-matmul arithmetic of a decoder layer, over plain `f32` slices, following ggml's
 //! CPU kernels closely enough to reproduce llama.cpp's greedy choices.
-use std::sync::Mutex;
 
 use super::RopeStyle;
 use super::ggml_math;
@@ -69,24 +68,16 @@ fn elementwise(pool: &Pool, gate: &mut [f32], up: &[f32], f: &(dyn Fn(&mut [f32]
         return;
     }
     let per = gate.len().div_ceil(threads).next_multiple_of(16);
-    let shares: Vec<Mutex<(&mut [f32], &[f32])>> = gate
+    let shares: Vec<(&mut [f32], &[f32])> = gate
         .chunks_mut(per)
         .enumerate()
         .map(|(i, g)| {
             let start = (i * per).min(up.len());
             let end = (start + g.len()).min(up.len());
-            Mutex::new((g, &up[start..end]))
+            (g, &up[start..end])
         })
         .collect();
-    pool.run(&|t| {
-        if let Some(share) = shares.get(t) {
-            let mut share = share
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let (g, u) = &mut *share;
-            f(g, u);
-        }
-    });
+    pool.run_each(shares, |(g, u)| f(g, u));
 }
 
 /// ggml's `ggml_gelu_f32`: the tanh approximation, in `f32`.
@@ -530,16 +521,14 @@ pub fn attention(
             rest = tail;
         }
     }
-    let slots: Vec<Mutex<Vec<&mut [f32]>>> = per_thread.into_iter().map(Mutex::new).collect();
-    pool.run(&|t| {
-        let Some(slot) = slots.get(t) else { return };
-        let heads = (t * per).min(n_head)..((t + 1) * per).min(n_head);
-        if !heads.is_empty() {
-            let mut outs = slot
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            attention_heads(q, cache, start, shape, heads, &mut outs);
-        }
+    let shares: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(t, outs)| ((t * per).min(n_head)..((t + 1) * per).min(n_head), outs))
+        .filter(|(heads, _)| !heads.is_empty())
+        .collect();
+    pool.run_each(shares, |(heads, mut outs)| {
+        attention_heads(q, cache, start, shape, heads, &mut outs);
     });
 }
 

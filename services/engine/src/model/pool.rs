@@ -110,6 +110,25 @@ impl Pool {
             panic!("an engine worker thread panicked");
         }
     }
+
+    /// Calls `f` once on each of `items`, item `i` on thread `i % threads`, and returns when
+    /// all calls have returned; a single item runs on the caller alone. This is how a job is
+    /// split into per-thread shares that each own their part of the output.
+    pub fn run_each<T: Send>(&self, items: Vec<T>, f: impl Fn(T) + Sync) {
+        if items.len() <= 1 {
+            items.into_iter().for_each(f);
+            return;
+        }
+        let slots: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+        let threads = self.threads();
+        self.run(&|t| {
+            for slot in slots.iter().skip(t).step_by(threads) {
+                if let Some(item) = lock(slot).take() {
+                    f(item);
+                }
+            }
+        });
+    }
 }
 
 /// Waits for the workers to finish the current job and clears it, also when the caller's
@@ -219,6 +238,21 @@ mod tests {
             if round % 50 == 0 {
                 std::thread::sleep(SPIN * 3);
             }
+        }
+    }
+
+    #[test]
+    fn run_each_calls_every_item_once() {
+        let pool = Pool::new(3).unwrap();
+        for n in [0usize, 1, 2, 3, 7] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            pool.run_each((0..n).collect(), |i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(
+                hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                "{n} items"
+            );
         }
     }
 

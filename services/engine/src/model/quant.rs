@@ -661,13 +661,11 @@ fn by_row_shares<T: Send>(
     let per = rows.div_ceil(pool.threads());
     let shares: Vec<&[f32]> = x.chunks(per * k).collect();
     let parts: Vec<Mutex<Option<T>>> = shares.iter().map(|_| Mutex::new(None)).collect();
-    pool.run(&|t| {
-        if let (Some(share), Some(part)) = (shares.get(t), parts.get(t)) {
-            let value = f(share);
-            *part
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
-        }
+    pool.run_each(shares.into_iter().zip(&parts).collect(), |(share, part)| {
+        let value = f(share);
+        *part
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value);
     });
     parts
         .into_iter()
@@ -697,29 +695,12 @@ fn transpose(pool: &Pool, a: &[f32], n: usize, m: usize) -> Vec<f32> {
     } else {
         m.div_ceil(pool.threads())
     };
-    let shares: Vec<Mutex<(usize, &mut [f32])>> = out
+    let shares: Vec<(usize, &mut [f32])> = out
         .chunks_mut(per * n)
         .enumerate()
-        .map(|(s, rows)| Mutex::new((s * per, rows)))
+        .map(|(s, rows)| (s * per, rows))
         .collect();
-    if shares.len() == 1 {
-        for share in shares {
-            let (first, rows) = share
-                .into_inner()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            transpose_rows(a, n, m, first, rows);
-        }
-    } else {
-        pool.run(&|t| {
-            if let Some(share) = shares.get(t) {
-                let mut share = share
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let (first, ref mut rows) = *share;
-                transpose_rows(a, n, m, first, rows);
-            }
-        });
-    }
+    pool.run_each(shares, |(first, rows)| transpose_rows(a, n, m, first, rows));
     out
 }
 
