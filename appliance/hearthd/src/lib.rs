@@ -285,10 +285,10 @@ async fn watch_media(
     let every = Duration::from_millis(every_ms);
     loop {
         let s = store.clone();
-        if let Ok(Some(view)) = tokio::task::spawn_blocking(move || s.poll_media()).await {
-            if view.generation > 1 {
-                log::info!(files = view.files.len(); "removable media changed");
-            }
+        if let Ok(Some(view)) = tokio::task::spawn_blocking(move || s.poll_media()).await
+            && view.generation > 1
+        {
+            log::info!(files = view.files.len(); "removable media changed");
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

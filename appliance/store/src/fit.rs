@@ -23,10 +23,10 @@ impl MemorySource {
         }
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
         let mut available = meminfo.as_deref().and_then(mem_available);
-        if let Some(cg) = &self.cgroup {
-            if let Some(headroom) = cgroup_headroom(cg) {
-                available = Some(available.map_or(headroom, |a| a.min(headroom)));
-            }
+        if let Some(cg) = &self.cgroup
+            && let Some(headroom) = cgroup_headroom(cg)
+        {
+            available = Some(available.map_or(headroom, |a| a.min(headroom)));
         }
         available
     }

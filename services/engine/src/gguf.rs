@@ -797,7 +797,7 @@ mod tests {
             b.extend(self.kv_count.unwrap_or(self.n_kv).to_le_bytes());
             b.extend_from_slice(&self.kvs);
             b.extend_from_slice(&self.tensors);
-            while b.len() % 32 != 0 {
+            while !b.len().is_multiple_of(32) {
                 b.push(0);
             }
             b.extend(std::iter::repeat_n(0u8, self.data_len));

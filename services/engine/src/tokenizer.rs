@@ -541,11 +541,11 @@ fn special_ids(
         }
     }
     // gemma4 and paddleocr: "</s>" is ordinary text there.
-    if has(&eog, &["<|tool_response>"]) {
-        if let Some(s) = eog_with_text(&eog, &["</s>"]) {
-            eog.remove(&s);
-            attrs[s as usize] = ATTR_NORMAL;
-        }
+    if has(&eog, &["<|tool_response>"])
+        && let Some(s) = eog_with_text(&eog, &["</s>"])
+    {
+        eog.remove(&s);
+        attrs[s as usize] = ATTR_NORMAL;
     }
     let mut eog: Vec<u32> = eog.into_iter().collect();
     eog.sort_unstable();

@@ -69,9 +69,9 @@ pub fn dot_rows(isa: Isa, w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f32]
         // `is_x86_feature_detected!` reported both AVX2 and FMA on this CPU.
         Isa::Avx2Fma => unsafe { dot_rows_avx2(w, acts, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2Vnni` is only returned by `Isa::detect` after
+        // SAFETY: `Isa::Avx2Vnni` and `Isa::Avx512` are only returned by `Isa::detect` after
         // `is_x86_feature_detected!` reported AVX2, FMA, AVX512-VNNI and AVX512-VL.
-        Isa::Avx2Vnni => unsafe { dot_rows_avx2_vnni(w, acts, out) },
+        Isa::Avx2Vnni | Isa::Avx512 => unsafe { dot_rows_avx2_vnni(w, acts, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `Isa::Neon` is only returned by `Isa::detect` after
         // `is_aarch64_feature_detected!` reported NEON.
@@ -96,7 +96,7 @@ pub fn dot_rows_one_act(isa: Isa, w: WeightRow<'_>, nb: usize, act: ActRow<'_>, 
         Isa::Avx2Fma => unsafe { dot_rows_one_act_avx2::<false>(w, nb, &act, out) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2Vnni => unsafe { dot_rows_one_act_avx2::<true>(w, nb, &act, out) },
+        Isa::Avx2Vnni | Isa::Avx512 => unsafe { dot_rows_one_act_avx2::<true>(w, nb, &act, out) },
         _ => {
             for (r, o) in out.iter_mut().enumerate() {
                 dot_rows(
@@ -210,12 +210,12 @@ impl ActPanel {
     }
 }
 
-/// Whether [`dot_panel`] runs on `isa` (the VNNI version only); elsewhere the rows go
+/// Whether [`dot_panel`] runs on `isa` (the VNNI versions only); elsewhere the rows go
 /// through [`dot_rows`].
 pub fn panels_supported(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        isa == Isa::Avx2Vnni
+        matches!(isa, Isa::Avx2Vnni | Isa::Avx512)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -245,10 +245,16 @@ pub fn dot_panel(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: `panels_supported` holds only for `Isa::Avx2Vnni`, which `Isa::detect`
-        // returns only after `is_x86_feature_detected!` reported AVX2, FMA, AVX512-VNNI and
-        // AVX512-VL.
-        unsafe { dot_panel_avx2_vnni(w, &panel.blocks, out) };
+        if isa == Isa::Avx512 {
+            // SAFETY: `Isa::detect` returns `Isa::Avx512` only after `is_x86_feature_detected!`
+            // reported AVX2, FMA and AVX-512 F, BW, VL and VNNI.
+            unsafe { x86::dot_panel_avx512(w, &panel.blocks, out) };
+        } else {
+            // SAFETY: `panels_supported` holds otherwise only for `Isa::Avx2Vnni`, which
+            // `Isa::detect` returns only after `is_x86_feature_detected!` reported AVX2, FMA,
+            // AVX512-VNNI and AVX512-VL.
+            unsafe { dot_panel_avx2_vnni(w, &panel.blocks, out) };
+        }
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -295,13 +301,17 @@ unsafe fn dot_rows_avx2_vnni(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f
 #[allow(unused_unsafe)]
 pub(crate) mod x86 {
     use std::arch::x86_64::{
-        __m256i, _mm_loadu_si128, _mm_srli_epi16, _mm256_add_ps, _mm256_and_si256,
+        __m256i, __m512i, _mm_loadu_si128, _mm_srli_epi16, _mm256_add_ps, _mm256_and_si256,
         _mm256_cmpeq_epi8, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
         _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
         _mm256_or_si256, _mm256_permutevar8x32_ps, _mm256_set_epi64x, _mm256_set_m128i,
         _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set1_ps,
         _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_sign_epi8,
         _mm256_storeu_ps, _mm256_sub_epi8, _mm256_sub_epi32, _mm256_xor_si256,
+        _mm512_broadcast_i64x4, _mm512_castps256_ps512, _mm512_castsi256_si512, _mm512_cvtepi32_ps,
+        _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_loadu_si512,
+        _mm512_permutexvar_ps, _mm512_set1_epi8, _mm512_setzero_ps, _mm512_setzero_si512,
+        _mm512_storeu_ps, _mm512_sub_epi32,
     };
 
     use super::{ActRow, PanelBlock, QK, WeightRow, hsum8};
@@ -785,6 +795,87 @@ pub(crate) mod x86 {
                 let mut l = [0f32; 8];
                 _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
                 out[r] = hsum8(l) + m[r];
+            }
+        }
+    }
+    /// See [`super::dot_panel`]: [`panel_format`]'s arithmetic on 512-bit registers, two
+    /// activation rows to a register. The weight block is broadcast to both halves, so each
+    /// half's `vpdpbusd` leaves the same eight lanes as the 256-bit version for its row, and
+    /// each half's scale product (one permute of the eight) and `fmadd` are that row's, in
+    /// the same order: the same bits, with half the instructions per row.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn dot_panel_avx512(w: WeightRow<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
+        let (format, row) = Row::of(w);
+        // SAFETY: AVX2, FMA and AVX-512 F/BW/VL/VNNI are available (this function's
+        // requirement).
+        unsafe { by_format!(format, panel_format_512(&row, panel, out)) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn panel_format_512<const F: u8>(w: &Row<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
+        let unsigned = F == Q4_1;
+        let nb = w.d.len();
+        assert!(panel.len() == nb);
+        assert!(match F {
+            Q4_0 => w.nib.len() >= nb,
+            Q4_1 => w.nib.len() >= nb && w.m.len() >= nb,
+            Q5_0 => w.nib.len() >= nb && w.qh.len() >= nb,
+            _ => w.q8.len() >= nb,
+        });
+        // SAFETY: every load reads whole arrays of the panel block (a pair of rows is 64
+        // contiguous bytes of `qs`) or of the weight row (block indices checked above); the
+        // stores write `[f32; 8]` and `[f32; 16]`s.
+        unsafe {
+            let zero = _mm512_setzero_si512();
+            let flip = _mm512_set1_epi8(-128);
+            // Pair `k` takes row 2k's scale product into lanes 0..8, row 2k+1's into 8..16.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+            let pick: [__m512i; 4] = std::array::from_fn(|k| {
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_set1_epi32(2 * k as i32)),
+                    _mm256_set1_epi32(2 * k as i32 + 1),
+                )
+            });
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut summs = _mm256_setzero_ps();
+            for (b, p) in panel.iter().enumerate() {
+                let x = _mm512_broadcast_i64x4(block::<F>(w, b));
+                // Minus 128·Σx per lane, for the flipped activations.
+                let start = if unsigned {
+                    zero
+                } else {
+                    _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, x))
+                };
+                let dx = *w.d.get_unchecked(b);
+                let dd = _mm512_castps256_ps512(_mm256_mul_ps(
+                    _mm256_set1_ps(dx),
+                    _mm256_loadu_ps(p.d.as_ptr()),
+                ));
+                if unsigned {
+                    let m = _mm256_set1_ps(*w.m.get_unchecked(b));
+                    summs = _mm256_add_ps(summs, _mm256_mul_ps(m, _mm256_loadu_ps(p.s.as_ptr())));
+                }
+                let pairs = p.qs.as_ptr().cast::<u8>();
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let y = _mm512_loadu_si512(pairs.add(64 * k).cast());
+                    let lanes = if unsigned {
+                        _mm512_dpbusd_epi32(start, x, y)
+                    } else {
+                        _mm512_dpbusd_epi32(start, y, x)
+                    };
+                    let dd_k = _mm512_permutexvar_ps(pick[k], dd);
+                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), dd_k, *acc);
+                }
+            }
+            let mut m = [0f32; 8];
+            _mm256_storeu_ps(m.as_mut_ptr(), summs);
+            for (k, acc) in acc.iter().enumerate() {
+                let mut l = [0f32; 16];
+                _mm512_storeu_ps(l.as_mut_ptr(), *acc);
+                let (lo, hi) = l.split_at(8);
+                out[2 * k] = hsum8(lo.try_into().expect("8 lanes")) + m[2 * k];
+                out[2 * k + 1] = hsum8(hi.try_into().expect("8 lanes")) + m[2 * k + 1];
             }
         }
     }

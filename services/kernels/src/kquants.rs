@@ -212,7 +212,7 @@ pub fn dot_rows_k(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) 
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2Fma` and `Isa::Avx2Vnni` are only returned by `Isa::detect`
         // after `is_x86_feature_detected!` reported both AVX2 and FMA on this CPU.
-        Isa::Avx2Fma | Isa::Avx2Vnni => unsafe { dot_rows_avx2(w, acts, out) },
+        Isa::Avx2Fma | Isa::Avx2Vnni | Isa::Avx512 => unsafe { dot_rows_avx2(w, acts, out) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: `Isa::Neon` is only returned by `Isa::detect` after
         // `is_aarch64_feature_detected!` reported NEON.

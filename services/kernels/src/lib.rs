@@ -4,7 +4,8 @@
 //! llama.cpp's.
 //!
 //! Owns: each kernel's portable body (the reference and the fallback), its SIMD versions
-//! (AVX2+FMA, and AVX-512 VNNI's 256-bit `vpdpbusd` for the block kernels, on x86-64; NEON and
+//! (AVX2+FMA, AVX-512 VNNI's 256-bit `vpdpbusd` for the block kernels, and 512-bit registers
+//! for their prefill panels, on x86-64; NEON and
 //! NEON + `sdot` on aarch64, in `block/neon.rs` and `kquants/neon.rs`), the activation layout
 //! the VNNI prefill kernels read ([`block::ActPanel`]), and the runtime choice between them
 //! ([`Isa`]). Every SIMD version is
@@ -37,6 +38,10 @@ pub enum Isa {
     /// K-quants run their AVX2 version.
     #[cfg(target_arch = "x86_64")]
     Avx2Vnni,
+    /// `Avx2Vnni`, and AVX-512 F/BW/VL/VNNI on 512-bit registers for the prefill panels
+    /// (two activation rows to a register, [`block::dot_panel`]), detected at run time.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
     /// NEON (aarch64), with fused multiply-adds; the integer products widen with `smull`.
     #[cfg(target_arch = "aarch64")]
     Neon,
@@ -46,19 +51,24 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best version this CPU runs; `HEARTH_KERNELS=portable` forces the fallback and
-    /// `HEARTH_KERNELS=avx2` the AVX2 version without VNNI (for comparisons).
+    /// The best version this CPU runs; `HEARTH_KERNELS=portable` forces the fallback,
+    /// `HEARTH_KERNELS=avx2` the AVX2 version without VNNI and `HEARTH_KERNELS=avx2vnni` the
+    /// one without 512-bit registers (for comparisons).
     pub fn detect() -> Self {
-        if std::env::var("HEARTH_KERNELS").is_ok_and(|v| v == "portable") {
+        let forced = std::env::var("HEARTH_KERNELS").unwrap_or_default();
+        if forced == "portable" {
             return Isa::Portable;
         }
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            if vnni() && !std::env::var("HEARTH_KERNELS").is_ok_and(|v| v == "avx2") {
+            if forced == "avx2" || !vnni() {
+                return Isa::Avx2Fma;
+            }
+            if forced == "avx2vnni" || !avx512() {
                 return Isa::Avx2Vnni;
             }
-            return Isa::Avx2Fma;
+            return Isa::Avx512;
         }
         #[cfg(target_arch = "aarch64")]
         if std::arch::is_aarch64_feature_detected!("neon") {
@@ -81,6 +91,9 @@ impl Isa {
             v.push(Isa::Avx2Fma);
             if vnni() {
                 v.push(Isa::Avx2Vnni);
+                if avx512() {
+                    v.push(Isa::Avx512);
+                }
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -99,6 +112,13 @@ impl Isa {
 fn vnni() -> bool {
     std::arch::is_x86_feature_detected!("avx512vnni")
         && std::arch::is_x86_feature_detected!("avx512vl")
+}
+
+/// Whether this CPU has the rest of what [`Isa::Avx512`] uses: AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 /// Rounds to nearest, ties to even, for `|v| ≤ 2^22` (and NaN to NaN) the way ggml's

@@ -97,10 +97,9 @@ pub fn provision(data: &Path) -> Result<String> {
         data,
         &["create-owner", "--name", OWNER, "--password-stdin"],
         Some(&format!("{OWNER_PASSWORD}\n")),
-    ) {
-        if !e.to_string().contains("already has an owner") {
-            return Err(e);
-        }
+    ) && !e.to_string().contains("already has an owner")
+    {
+        return Err(e);
     }
     admin(
         data,

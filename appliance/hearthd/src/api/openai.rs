@@ -119,10 +119,10 @@ fn to_worker_request(
             content,
         });
     }
-    if let Some(n) = req.n {
-        if n != 1 {
-            return Err(ApiError::invalid("n", "only n = 1 is supported"));
-        }
+    if let Some(n) = req.n
+        && n != 1
+    {
+        return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
     let max_tokens = match req.max_completion_tokens.or(req.max_tokens) {
         None => None,

@@ -39,7 +39,7 @@ pub fn tiny_gguf(floats: usize, seed: u8) -> Vec<u8> {
     b.extend((floats as u64).to_le_bytes());
     b.extend(0u32.to_le_bytes()); // F32
     b.extend(0u64.to_le_bytes()); // offset
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     b.extend((0..floats * 4).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));

@@ -49,7 +49,7 @@ impl EmbeddingRows {
             }
         };
         let dtype = info.ggml_dtype;
-        if n_embd % dtype.block_size() != 0 {
+        if !n_embd.is_multiple_of(dtype.block_size()) {
             return Err(invalid(format!(
                 "tensor '{name}': rows of {n_embd} do not split into {dtype:?} blocks"
             )));

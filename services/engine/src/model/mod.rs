@@ -175,12 +175,12 @@ impl HParams {
                 )));
             }
         };
-        if let Some(v) = file.opt_usize(&key("attention.value_length"))? {
-            if v != head_dim {
-                return Err(invalid(format!(
-                    "value length {v} differs from key length {head_dim}"
-                )));
-            }
+        if let Some(v) = file.opt_usize(&key("attention.value_length"))?
+            && v != head_dim
+        {
+            return Err(invalid(format!(
+                "value length {v} differs from key length {head_dim}"
+            )));
         }
         let n_rot = file
             .opt_usize(&key("rope.dimension_count"))?
@@ -223,10 +223,10 @@ impl HParams {
             let softcap = file
                 .opt_f32(&key("final_logit_softcapping"))?
                 .filter(|&c| c != 0.0);
-            if let Some(c) = softcap {
-                if !(c.is_finite() && c > 0.0) {
-                    return Err(invalid(format!("final logit soft-capping {c}")));
-                }
+            if let Some(c) = softcap
+                && !(c.is_finite() && c > 0.0)
+            {
+                return Err(invalid(format!("final logit soft-capping {c}")));
             }
             (
                 sliding_window(file, n_layer)?,

@@ -167,7 +167,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// another process) can run on it.
 fn pause(spins: &mut u32) {
     *spins = spins.wrapping_add(1);
-    if *spins % YIELD_EVERY == 0 {
+    if (*spins).is_multiple_of(YIELD_EVERY) {
         std::thread::yield_now();
     } else {
         std::hint::spin_loop();
@@ -191,7 +191,7 @@ fn worker(shared: &Shared, index: usize) {
             if shared.stop.load(Ordering::Acquire) {
                 return;
             }
-            if spins % 64 == 0 && started.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && started.elapsed() > SPIN {
                 let mut parked = lock(&shared.parked);
                 *parked += 1;
                 while shared.generation.load(Ordering::Acquire) == seen
@@ -210,10 +210,10 @@ fn worker(shared: &Shared, index: usize) {
         };
         seen = generation;
         let job = *lock(&shared.job);
-        if let Some(job) = job {
-            if catch_unwind(AssertUnwindSafe(|| job(index))).is_err() {
-                shared.panicked.store(true, Ordering::Relaxed);
-            }
+        if let Some(job) = job
+            && catch_unwind(AssertUnwindSafe(|| job(index))).is_err()
+        {
+            shared.panicked.store(true, Ordering::Relaxed);
         }
         shared.pending.fetch_sub(1, Ordering::Release);
     }

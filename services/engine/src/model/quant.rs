@@ -313,7 +313,7 @@ impl KBlocks {
     /// Room for an `n × k` matrix of `dtype`; `None` for other formats or a `k` that is not
     /// a whole number of super-blocks.
     fn with_capacity(dtype: GgmlDType, n: usize, k: usize, repacked: bool) -> Option<Self> {
-        if k % QK_K != 0 {
+        if !k.is_multiple_of(QK_K) {
             return None;
         }
         let count = n * (k / QK_K);
@@ -321,7 +321,7 @@ impl KBlocks {
             // llama.cpp repacks Q4_K on AVX2 CPUs when the row count allows it.
             GgmlDType::Q4K => KBlocks::Q4K {
                 blocks: Vec::with_capacity(count),
-                repacked: repacked && n % 8 == 0,
+                repacked: repacked && n.is_multiple_of(8),
             },
             GgmlDType::Q5K => KBlocks::Q5K(Vec::with_capacity(count)),
             GgmlDType::Q6K => KBlocks::Q6K(Vec::with_capacity(count)),
@@ -399,7 +399,7 @@ impl QMatrix {
     }
 
     fn engine_kernel(t: &QTensor, n: usize, k: usize, repack: bool) -> Result<Option<Kernel>> {
-        if k % QK == 0 && ENGINE_KERNEL_TYPES.contains(&t.dtype()) {
+        if k.is_multiple_of(QK) && ENGINE_KERNEL_TYPES.contains(&t.dtype()) {
             return Ok(Self::parse_blocks(t, n, k)?.map(Kernel::Blocks));
         }
         if matches!(t.dtype(), GgmlDType::Q4K | GgmlDType::Q5K | GgmlDType::Q6K) {
@@ -418,7 +418,7 @@ impl QMatrix {
     /// the converted one; anything else goes to candle's `QMatMul`.
     pub fn load(reader: &mut TensorReader<'_>, name: &str, n: usize, k: usize) -> Result<Self> {
         let (dtype, _) = reader.info(name)?;
-        let kernel = if k % QK == 0 && ENGINE_KERNEL_TYPES.contains(&dtype) {
+        let kernel = if k.is_multiple_of(QK) && ENGINE_KERNEL_TYPES.contains(&dtype) {
             let blocks = Blocks::with_capacity(dtype, n * k / QK);
             read_into(reader, name, blocks, Blocks::extend)?
                 .filter(|b| b.block_count() == n * k / QK)
@@ -518,19 +518,19 @@ impl Work<'_> {
     fn run(&self, isa: Isa, m: usize) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         // Decode: the whole chunk of rows in one kernel call.
-        if let (1, Src::Blocks(blocks, acts)) = (m, self.src) {
-            if let [act] = acts.rows[..] {
-                let nb = self.k / QK;
-                let rows = self.first_row..self.first_row + out.len();
-                dot_rows_one_act(
-                    isa,
-                    blocks.span(rows.start * nb..rows.end * nb),
-                    nb,
-                    act,
-                    &mut out,
-                );
-                return;
-            }
+        if let (1, Src::Blocks(blocks, acts)) = (m, self.src)
+            && let [act] = acts.rows[..]
+        {
+            let nb = self.k / QK;
+            let rows = self.first_row..self.first_row + out.len();
+            dot_rows_one_act(
+                isa,
+                blocks.span(rows.start * nb..rows.end * nb),
+                nb,
+                act,
+                &mut out,
+            );
+            return;
         }
         for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
             match self.src {
@@ -571,7 +571,7 @@ pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Res
     let rows_8_0 = BlockActs::new(q8_0.as_ref(), ActFormat::Q8_0);
     let rows_8_1 = BlockActs::new(q8_1.as_ref(), ActFormat::Q8_1);
     let q8_k: Vec<BlockQ8K> =
-        if k % QK_K == 0 && mats.iter().any(|w| matches!(w.kernel, Kernel::K(_))) {
+        if k.is_multiple_of(QK_K) && mats.iter().any(|w| matches!(w.kernel, Kernel::K(_))) {
             by_row_shares(pool, x, k, |rows| {
                 rows.chunks_exact(QK_K)
                     .map(BlockQ8K::quantize)

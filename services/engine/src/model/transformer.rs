@@ -164,7 +164,7 @@ impl Transformer {
             hp.n_head_kv,
             hp.context_length
         );
-        if config.kv_cache == KvCacheType::Q8_0 && hp.head_dim % 32 != 0 {
+        if config.kv_cache == KvCacheType::Q8_0 && !hp.head_dim.is_multiple_of(32) {
             return Err(EngineError::UnsupportedKvCache {
                 path: file.path.clone(),
                 kv_cache: config.kv_cache,
