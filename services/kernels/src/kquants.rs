@@ -19,7 +19,9 @@
 //!
 //! The portable bodies are the fallback; on x86-64 with AVX2+FMA (detected at run time, [`Isa`])
 //! the same arithmetic runs as intrinsics in ggml's shape, which tests check bit for bit
-//! against the portable bodies with fused multiply-adds; on aarch64 so do NEON and NEON +
+//! against the portable bodies with fused multiply-adds (with AVX-512, [`Isa::Avx512`],
+//! prefill reads eight activation rows as a [`KPanel`], two rows to a 512-bit register, for
+//! plain Q4_K and Q6_K: the same lanes and bits); on aarch64 so do NEON and NEON +
 //! `sdot` (`neon`, in `kquants/neon.rs`). Like [`crate::block`], this
 //! module allows `unsafe` only for the `#[target_feature]` calls (each guarded by the runtime
 //! detection stored in [`Isa::Avx2Fma`]) and the intrinsics' loads and stores.
@@ -227,6 +229,115 @@ pub fn dot_rows_k(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) 
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
+/// Activation rows per [`KPanel`].
+pub const KPANEL_ROWS: usize = 8;
+
+/// One super-block of [`KPANEL_ROWS`] Q8_K rows in the layout [`dot_kpanel`]'s 512-bit
+/// kernels read: rows in pairs (`2p`, `2p + 1`), one pair to a register, so a weight
+/// sub-block broadcast to both halves of a register multiplies two rows in one instruction.
+#[derive(Clone, Copy)]
+pub struct KPanelBlock {
+    /// Pair `p`'s scales: row `2p`'s in lanes 0..8, row `2p + 1`'s in lanes 8..16.
+    d: [[f32; 16]; 4],
+    /// Minus each row's scale, four times: rows `4h..4h + 4` in `neg_d[h]` (Q4_K's minimum
+    /// terms, four lanes a row).
+    neg_d: [[f32; 16]; 2],
+    /// Pair `p`'s block sums: row `2p`'s sixteen, then row `2p + 1`'s (Q6_K's offset term).
+    bsums: [[i16; 32]; 4],
+    /// Each row's sums of adjacent block sums (eight a row; exact in `i16`), rows
+    /// `4h..4h + 4` in `bsum_pairs[h]` (Q4_K's minimum terms).
+    bsum_pairs: [[i16; 32]; 2],
+    /// Pair `p`'s 32-element group `g`: row `2p`'s values, then row `2p + 1`'s.
+    qs: [[[i8; 64]; 8]; 4],
+}
+
+/// [`KPANEL_ROWS`] activation rows interleaved for [`dot_kpanel`], super-block after
+/// super-block: built once per product, read by every weight row.
+pub struct KPanel {
+    blocks: Vec<KPanelBlock>,
+}
+
+impl KPanel {
+    /// Interleaves `rows` (as many super-blocks as the shortest row has).
+    pub fn new(rows: &[&[BlockQ8K]; KPANEL_ROWS]) -> Self {
+        let nb = rows.iter().map(|r| r.len()).min().unwrap_or(0);
+        let blocks = (0..nb)
+            .map(|b| {
+                let mut block = KPanelBlock {
+                    d: [[0.0; 16]; 4],
+                    neg_d: [[0.0; 16]; 2],
+                    bsums: [[0; 32]; 4],
+                    bsum_pairs: [[0; 32]; 2],
+                    qs: [[[0; 64]; 8]; 4],
+                };
+                for (r, row) in rows.iter().enumerate() {
+                    let y = &row[b];
+                    let (p, half) = (r / 2, r % 2);
+                    block.d[p][8 * half..8 * half + 8].fill(y.d);
+                    block.neg_d[r / 4][4 * (r % 4)..4 * (r % 4) + 4].fill(-y.d);
+                    block.bsums[p][16 * half..16 * half + 16].copy_from_slice(&y.bsums);
+                    for (i, pair) in y.bsums.chunks_exact(2).enumerate() {
+                        block.bsum_pairs[r / 4][8 * (r % 4) + i] = pair[0] + pair[1];
+                    }
+                    for (g, group) in y.qs.chunks_exact(32).enumerate() {
+                        block.qs[p][g][32 * half..32 * half + 32].copy_from_slice(group);
+                    }
+                }
+                block
+            })
+            .collect();
+        Self { blocks }
+    }
+}
+
+/// Whether [`dot_kpanel`] runs on `isa` (the AVX-512 version only); elsewhere the rows go
+/// through [`dot_rows_k`].
+pub fn kpanels_supported(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa == Isa::Avx512
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
+/// Dot products of one weight row with the eight rows of `panel`, bit for bit what
+/// [`dot_rows_k`] gives for those rows. Returns `false` (nothing written) where
+/// [`kpanels_supported`] is false, for formats without a panel kernel (Q5_K, repacked Q4_K),
+/// or when the panel's length does not match the row.
+pub fn dot_kpanel(isa: Isa, w: KRow<'_>, panel: &KPanel, out: &mut [f32; KPANEL_ROWS]) -> bool {
+    if !kpanels_supported(isa) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY (both calls): `kpanels_supported` holds only for `Isa::Avx512`, which
+        // `Isa::detect` returns only after `is_x86_feature_detected!` reported AVX2, FMA and
+        // AVX-512 F, BW, VL and VNNI.
+        match w {
+            KRow::Q4K {
+                blocks,
+                repacked: false,
+            } if blocks.len() == panel.blocks.len() => unsafe {
+                x86::q4k_panel(blocks, &panel.blocks, out);
+            },
+            KRow::Q6K(blocks) if blocks.len() == panel.blocks.len() => unsafe {
+                x86::q6k_panel(blocks, &panel.blocks, out);
+            },
+            _ => return false,
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, panel, out);
+        false
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_rows_avx2(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
@@ -284,6 +395,14 @@ mod x86 {
         __m128, __m128i, _mm_cvtepi32_ps, _mm_cvtepu8_epi16, _mm_fmadd_ps, _mm_hadd_epi16,
         _mm_loadl_epi64, _mm_loadu_si128, _mm_madd_epi16, _mm_set1_ps, _mm_setr_epi8,
         _mm_setzero_ps, _mm_shuffle_epi8, _mm_storeu_ps, _mm256_cvtepi8_epi16,
+    };
+
+    use std::arch::x86_64::{
+        __m512, __m512i, _mm512_add_epi32, _mm512_broadcast_i32x4, _mm512_broadcast_i64x4,
+        _mm512_cvtepi32_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+        _mm512_madd_epi16, _mm512_maddubs_epi16, _mm512_mul_ps, _mm512_set1_epi16, _mm512_set1_ps,
+        _mm512_setzero_ps, _mm512_setzero_si512, _mm512_slli_epi32, _mm512_storeu_ps,
+        _mm512_sub_epi32,
     };
 
     use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, hsum8, min_sum};
@@ -575,6 +694,128 @@ mod x86 {
                 let mut l = [0f32; 8];
                 _mm256_storeu_ps(l.as_mut_ptr(), acc[r]);
                 out[r] = hsum8(l);
+            }
+        }
+    }
+
+    /// Lanes 0..8 and 8..16 of `acc`, each reduced as `hsum_float_8`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    unsafe fn hsum8_pair(acc: __m512) -> (f32, f32) {
+        let mut l = [0f32; 16];
+        // SAFETY: `l` is 64 writable bytes.
+        unsafe { _mm512_storeu_ps(l.as_mut_ptr(), acc) };
+        let (lo, hi) = l.split_at(8);
+        (
+            hsum8(lo.try_into().expect("8 lanes")),
+            hsum8(hi.try_into().expect("8 lanes")),
+        )
+    }
+
+    /// [`q4k_group`]'s arithmetic for a [`super::KPanel`]'s eight rows on 512-bit registers,
+    /// two rows to a register: each unpacked weight sub-block is broadcast to both halves, so
+    /// each half's `maddubs`/`madd`/`add` leaves that row's exact eight lanes; its scale
+    /// product, `fmadd`, and the minimum terms (four lanes a row, four rows to a register)
+    /// are the row's own, in the same order, so the bits are the same.
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn q4k_panel(w: &[BlockQ4K], panel: &[super::KPanelBlock], out: &mut [f32; 8]) {
+        assert!(panel.len() == w.len());
+        // SAFETY: the loads read whole arrays of the panel block and the weight block; the
+        // stores write `[f32; 16]`s.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut acc_m = [_mm512_setzero_ps(); 2];
+            for (x, p) in w.iter().zip(panel) {
+                let q4 = q4k_unpack(&x.qs);
+                let q: [__m512i; 8] = std::array::from_fn(|g| _mm512_broadcast_i64x4(q4[g]));
+                let sc: [__m512i; 8] =
+                    std::array::from_fn(|g| _mm512_set1_epi16(i16::from(x.sc[g])));
+                let dx = _mm512_set1_ps(x.d);
+                for (pair, acc) in acc.iter_mut().enumerate() {
+                    let mut sumi = _mm512_setzero_si512();
+                    for j in 0..4 {
+                        let ys = &p.qs[pair];
+                        let p_lo = _mm512_madd_epi16(
+                            _mm512_maddubs_epi16(
+                                q[2 * j],
+                                _mm512_loadu_si512(ys[2 * j].as_ptr().cast()),
+                            ),
+                            sc[2 * j],
+                        );
+                        let p_hi = _mm512_madd_epi16(
+                            _mm512_maddubs_epi16(
+                                q[2 * j + 1],
+                                _mm512_loadu_si512(ys[2 * j + 1].as_ptr().cast()),
+                            ),
+                            sc[2 * j + 1],
+                        );
+                        sumi = _mm512_add_epi32(sumi, _mm512_add_epi32(p_lo, p_hi));
+                    }
+                    let dd = _mm512_mul_ps(_mm512_loadu_ps(p.d[pair].as_ptr()), dx);
+                    *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sumi), *acc);
+                }
+                // Minimum terms: `min_sum_lanes` for four rows at once.
+                let mins = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+                    x.mn.as_ptr().cast(),
+                )));
+                let dmin = _mm512_set1_ps(x.dmin);
+                for (h, acc_m) in acc_m.iter_mut().enumerate() {
+                    let lanes = _mm512_madd_epi16(
+                        mins,
+                        _mm512_loadu_si512(p.bsum_pairs[h].as_ptr().cast()),
+                    );
+                    let dm = _mm512_mul_ps(_mm512_loadu_ps(p.neg_d[h].as_ptr()), dmin);
+                    *acc_m = _mm512_fmadd_ps(dm, _mm512_cvtepi32_ps(lanes), *acc_m);
+                }
+            }
+            let mut m = [0f32; 32];
+            _mm512_storeu_ps(m.as_mut_ptr(), acc_m[0]);
+            _mm512_storeu_ps(m[16..].as_mut_ptr(), acc_m[1]);
+            for (pair, acc) in acc.iter().enumerate() {
+                let (lo, hi) = hsum8_pair(*acc);
+                for (r, sum) in [(2 * pair, lo), (2 * pair + 1, hi)] {
+                    let a = &m[4 * r..4 * r + 4];
+                    out[r] = sum + ((a[0] + a[2]) + (a[1] + a[3]));
+                }
+            }
+        }
+    }
+
+    /// [`q6k_group`]'s arithmetic for a [`super::KPanel`]'s eight rows, two rows to a
+    /// 512-bit register as [`q4k_panel`]: the same lanes, the same bits.
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn q6k_panel(w: &[BlockQ6K], panel: &[super::KPanelBlock], out: &mut [f32; 8]) {
+        assert!(panel.len() == w.len());
+        // SAFETY: the loads read whole arrays of the panel block; the stores write
+        // `[f32; 16]`s.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); 4];
+            for (x, p) in w.iter().zip(panel) {
+                let (q6, scales6) = q6k_unpack(x);
+                let q: [__m512i; 8] = std::array::from_fn(|g| _mm512_broadcast_i64x4(q6[g]));
+                let scales: [__m512i; 8] =
+                    std::array::from_fn(|g| _mm512_broadcast_i64x4(scales6[g]));
+                let sc = _mm512_broadcast_i64x4(q6k_sc16(x));
+                let dx = _mm512_set1_ps(x.d);
+                for (pair, acc) in acc.iter_mut().enumerate() {
+                    let ys = &p.qs[pair];
+                    let mut sumi = _mm512_setzero_si512();
+                    for g in 0..8 {
+                        let prod =
+                            _mm512_maddubs_epi16(q[g], _mm512_loadu_si512(ys[g].as_ptr().cast()));
+                        sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scales[g], prod));
+                    }
+                    let bsums = _mm512_loadu_si512(p.bsums[pair].as_ptr().cast());
+                    let sub = _mm512_slli_epi32::<5>(_mm512_madd_epi16(bsums, sc));
+                    sumi = _mm512_sub_epi32(sumi, sub);
+                    let dd = _mm512_mul_ps(_mm512_loadu_ps(p.d[pair].as_ptr()), dx);
+                    *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sumi), *acc);
+                }
+            }
+            for (pair, acc) in acc.iter().enumerate() {
+                (out[2 * pair], out[2 * pair + 1]) = hsum8_pair(*acc);
             }
         }
     }
@@ -1068,6 +1309,67 @@ mod tests {
                     assert_eq!(
                         got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{isa:?} blocks {blocks}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// [`dot_kpanel`] gives bit for bit the fused portable body's products for its eight rows
+    /// (plain Q4_K and Q6_K; odd block counts); Q5_K, repacked Q4_K and a panel of the wrong
+    /// length are refused.
+    #[test]
+    fn kpanels_equal_the_fused_portable_body() {
+        let mut rng = Rng(0x0b5e_55ed);
+        for blocks in [1usize, 3, 4] {
+            let q4: Vec<BlockQ4K> = (0..blocks)
+                .map(|_| BlockQ4K::parse(&raw_q4k(&mut rng)))
+                .collect();
+            let q5: Vec<BlockQ5K> = (0..blocks)
+                .map(|_| BlockQ5K::parse(&raw_q5k(&mut rng)))
+                .collect();
+            let q6: Vec<BlockQ6K> = (0..blocks)
+                .map(|_| BlockQ6K::parse(&raw_q6k(&mut rng)))
+                .collect();
+            let a: Vec<Vec<BlockQ8K>> = (0..KPANEL_ROWS)
+                .map(|_| acts(&mut rng, blocks + 1))
+                .collect();
+            let rows: Vec<&[BlockQ8K]> = a.iter().map(|r| &r[..blocks]).collect();
+            let rows: &[&[BlockQ8K]; KPANEL_ROWS] = rows.as_slice().try_into().unwrap();
+            let panel = KPanel::new(rows);
+            let longer: Vec<&[BlockQ8K]> = a.iter().map(Vec::as_slice).collect();
+            let longer = KPanel::new(longer.as_slice().try_into().unwrap());
+            for (w, has_panel) in [
+                (
+                    KRow::Q4K {
+                        blocks: &q4,
+                        repacked: false,
+                    },
+                    true,
+                ),
+                (KRow::Q6K(&q6), true),
+                (
+                    KRow::Q4K {
+                        blocks: &q4,
+                        repacked: true,
+                    },
+                    false,
+                ),
+                (KRow::Q5K(&q5), false),
+            ] {
+                let mut want = [0f32; KPANEL_ROWS];
+                dot_rows_body::<true>(w, rows, &mut want);
+                for isa in isas() {
+                    let mut got = [f32::NAN; KPANEL_ROWS];
+                    assert!(!dot_kpanel(isa, w, &longer, &mut got));
+                    if !dot_kpanel(isa, w, &panel, &mut got) {
+                        assert!(!kpanels_supported(isa) || !has_panel, "{isa:?} refused");
+                        continue;
+                    }
+                    assert_eq!(
+                        got.map(f32::to_bits),
+                        want.map(f32::to_bits),
                         "{isa:?} blocks {blocks}"
                     );
                 }

@@ -25,7 +25,10 @@ use hearth_kernels::block::{
     ActPanel, ActRow, PANEL_ROWS, QK, WeightRow, dot_panel, dot_rows, dot_rows_one_act,
     panels_supported,
 };
-use hearth_kernels::kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, QK_K, dot_rows_k};
+use hearth_kernels::kquants::{
+    BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KPANEL_ROWS, KPanel, KRow, QK_K, dot_kpanel,
+    dot_rows_k, kpanels_supported,
+};
 use hearth_kernels::{Isa, f16_to_f32, round_small};
 
 use super::ops::round_to_f16;
@@ -499,11 +502,32 @@ impl<'a> BlockActs<'a> {
     }
 }
 
+/// Q8_K activation rows: each row for [`dot_rows_k`], and the leading whole groups of
+/// eight interleaved as panels where the CPU's kernels read those ([`kpanels_supported`]).
+struct KActs<'a> {
+    rows: Vec<&'a [BlockQ8K]>,
+    panels: Vec<KPanel>,
+}
+
+impl<'a> KActs<'a> {
+    fn new(rows: Vec<&'a [BlockQ8K]>) -> Self {
+        let panels = if kpanels_supported(isa()) {
+            rows.chunks_exact(KPANEL_ROWS)
+                .filter_map(|group| <&[&[BlockQ8K]; KPANEL_ROWS]>::try_from(group).ok())
+                .map(KPanel::new)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self { rows, panels }
+    }
+}
+
 /// What one work item multiplies.
 #[derive(Clone, Copy)]
 enum Src<'a> {
     Blocks(&'a Blocks, &'a BlockActs<'a>),
-    K(&'a KBlocks, &'a [&'a [BlockQ8K]]),
+    K(&'a KBlocks, &'a KActs<'a>),
 }
 
 /// A chunk of consecutive weight rows of one matrix and where their outputs go.
@@ -551,7 +575,21 @@ impl Work<'_> {
                 }
                 Src::K(blocks, acts) => {
                     let row = blocks.row(self.first_row + r, self.k / QK_K);
-                    dot_rows_k(isa, row, acts, out_row);
+                    let mut done = 0;
+                    for (panel, out) in acts
+                        .panels
+                        .iter()
+                        .zip(out_row.chunks_exact_mut(KPANEL_ROWS))
+                    {
+                        let Ok(out) = <&mut [f32; KPANEL_ROWS]>::try_from(out) else {
+                            break;
+                        };
+                        if !dot_kpanel(isa, row, panel, out) {
+                            break;
+                        }
+                        done += KPANEL_ROWS;
+                    }
+                    dot_rows_k(isa, row, &acts.rows[done..], &mut out_row[done..]);
                 }
             }
         }
@@ -581,11 +619,11 @@ pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Res
         } else {
             Vec::new()
         };
-    let rows_8_k: Vec<&[BlockQ8K]> = if q8_k.is_empty() {
+    let rows_8_k = KActs::new(if q8_k.is_empty() {
         Vec::new()
     } else {
         q8_k.chunks_exact(k / QK_K).collect()
-    };
+    });
 
     // Transposed outputs (n × m per matrix), cut into chunks of CHUNK_ROWS weight rows.
     let mut outs_t: Vec<Vec<f32>> = mats
@@ -603,7 +641,7 @@ pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Res
                 ActFormat::Q8_0 => Src::Blocks(blocks, &rows_8_0),
                 ActFormat::Q8_1 => Src::Blocks(blocks, &rows_8_1),
             },
-            Kernel::K(blocks) if rows_8_k.len() == m => Src::K(blocks, &rows_8_k),
+            Kernel::K(blocks) if rows_8_k.rows.len() == m => Src::K(blocks, &rows_8_k),
             _ => continue,
         };
         let rows_per_chunk = chunk_rows(w.n, m, pool.threads());
@@ -818,12 +856,13 @@ mod tests {
 
     /// The K-quant matrices (repacked Q4_K for 8k rows, plain otherwise, Q5_K, Q6_K) agree
     /// with candle's dequantized weights times the Q8_K-dequantized activations, through
-    /// `QMatrix` and the thread pool, for odd row and token counts.
+    /// `QMatrix` and the thread pool, for odd row and token counts (11 tokens: a panel of
+    /// eight where the CPU has the panel kernels, and three more).
     #[test]
     fn k_quants_match_dequantized_products() {
         let k = 512;
         let pool = Pool::new(2).unwrap();
-        for (n, m) in [(24usize, 1usize), (37, 5)] {
+        for (n, m) in [(24usize, 1usize), (37, 5), (37, 11)] {
             #[allow(clippy::cast_precision_loss)]
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
