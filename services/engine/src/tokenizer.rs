@@ -25,6 +25,7 @@
 //! two differ only when special tokens overlap inside the text. The per-token `lstrip`/`rstrip`
 //! attributes llama.cpp sets for a few model names (phi-3, jina) are not applied.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use candle_core::quantized::gguf_file::Value;
@@ -159,9 +160,9 @@ pub struct GgufTokenizer {
     inner: Tokenizer,
     /// Only the user-defined tokens: what is matched when `parse_special` is off.
     user_defined: AddedVocabulary,
-    /// Token texts as stored in the GGUF (byte-level encoded for BPE).
-    texts: Vec<String>,
-    /// llama.cpp token attributes (`ATTR_*` bits), one per id.
+    /// llama.cpp token attributes (`ATTR_*` bits), one per id. The token texts (byte-level
+    /// encoded for BPE) live only in the BPE model: another copy of a 262k vocabulary would
+    /// cost ~14 MiB.
     attrs: Vec<u8>,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -175,7 +176,7 @@ pub struct GgufTokenizer {
 impl std::fmt::Debug for GgufTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GgufTokenizer")
-            .field("vocab_size", &self.texts.len())
+            .field("vocab_size", &self.attrs.len())
             .field("bos", &self.bos)
             .field("eos", &self.eos)
             .field("add_bos", &self.add_bos)
@@ -269,6 +270,7 @@ impl GgufTokenizer {
             VocabKind::SentencePiece => None,
         };
 
+        // Borrowed from the metadata: only the BPE model keeps its own copies.
         let texts = read_token_texts(&meta)?;
         let n_tokens = texts.len();
         let mut attrs = read_token_attrs(&meta, n_tokens)?;
@@ -309,7 +311,6 @@ impl GgufTokenizer {
             kind,
             inner,
             user_defined,
-            texts,
             attrs,
             bos,
             eos,
@@ -392,7 +393,7 @@ impl GgufTokenizer {
 
     /// Number of ids in the vocabulary.
     pub fn vocab_size(&self) -> usize {
-        self.texts.len()
+        self.attrs.len()
     }
 
     /// The underlying Hugging Face tokenizer (model, pre-tokenizer, special tokens).
@@ -409,10 +410,14 @@ impl GgufTokenizer {
 
     /// llama.cpp's `token_to_piece`; `special` renders control tokens as their text.
     fn piece(&self, id: u32, special: bool) -> Vec<u8> {
-        let (Some(text), Some(&attr)) = (self.texts.get(id as usize), self.attrs.get(id as usize))
-        else {
+        let Some(&attr) = self.attrs.get(id as usize) else {
             return Vec::new();
         };
+        // Every GGUF id is in the BPE model's vocabulary (its id-to-text map).
+        let Some(text) = self.inner.get_model().id_to_token(id) else {
+            return Vec::new();
+        };
+        let text = text.as_str();
         if !special && attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0 {
             return Vec::new();
         }
@@ -454,7 +459,7 @@ struct SpecialIds {
 fn special_ids(
     meta: &Meta<'_>,
     kind: VocabKind,
-    texts: &[String],
+    texts: &[Cow<'_, str>],
     attrs: &mut [u8],
 ) -> Result<SpecialIds> {
     let n_tokens = texts.len();
@@ -492,7 +497,7 @@ fn special_ids(
     // Find end-of-turn and FIM tokens by their text and make them control tokens.
     for (id, text) in texts.iter().enumerate() {
         let id = id as u32;
-        let text = text.as_str();
+        let text = text.as_ref();
         for (slot, list) in [
             (&mut eot, EOT_TEXTS),
             (&mut eom, &["<|eom_id|>"][..]),
@@ -513,13 +518,13 @@ fn special_ids(
     // The end-of-generation set, as llama.cpp builds it.
     let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
     for (id, text) in texts.iter().enumerate() {
-        if EOG_TEXTS.contains(&text.as_str()) {
+        if EOG_TEXTS.contains(&text.as_ref()) {
             eog.insert(id as u32);
             attrs[id] |= ATTR_CONTROL;
         }
         // gpt-oss: these always render.
         if matches!(
-            text.as_str(),
+            text.as_ref(),
             "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
         ) {
             attrs[id] = ATTR_USER_DEFINED;
@@ -529,7 +534,7 @@ fn special_ids(
     let eog_with_text = |eog: &HashSet<u32>, wanted: &[&str]| {
         eog.iter()
             .copied()
-            .find(|&id| wanted.contains(&texts[id as usize].as_str()))
+            .find(|&id| wanted.contains(&texts[id as usize].as_ref()))
     };
     // o200k_harmony and solar-open: "<|end|>" is not the end of generation there.
     let has = |eog: &HashSet<u32>, wanted: &[&str]| eog_with_text(eog, wanted).is_some();
@@ -555,7 +560,7 @@ fn special_ids(
 /// Typed access to GGUF metadata; wrong types are errors, missing keys are `None`.
 struct Meta<'a>(&'a HashMap<String, Value>);
 
-impl Meta<'_> {
+impl<'a> Meta<'a> {
     fn wrong_type(key: &str, wanted: &str) -> EngineError {
         EngineError::Tokenizer(format!("metadata key {key} is not {wanted}"))
     }
@@ -586,7 +591,7 @@ impl Meta<'_> {
         }
     }
 
-    fn array(&self, key: &str) -> Result<Option<&[Value]>> {
+    fn array(&self, key: &str) -> Result<Option<&'a [Value]>> {
         match self.0.get(key) {
             None => Ok(None),
             Some(Value::Array(values)) => Ok(Some(values)),
@@ -611,7 +616,7 @@ fn int_value(value: &Value) -> Option<i64> {
 
 /// `tokenizer.ggml.tokens`, with llama.cpp's placeholder for empty entries. Duplicates are an
 /// error, as in llama.cpp: ids would be ambiguous.
-fn read_token_texts(meta: &Meta<'_>) -> Result<Vec<String>> {
+fn read_token_texts<'a>(meta: &Meta<'a>) -> Result<Vec<Cow<'a, str>>> {
     const KEY: &str = "tokenizer.ggml.tokens";
     let values = meta
         .array(KEY)?
@@ -629,9 +634,9 @@ fn read_token_texts(meta: &Meta<'_>) -> Result<Vec<String>> {
             return Err(Meta::wrong_type(KEY, "an array of strings"));
         };
         let text = if text.is_empty() {
-            format!("[EMPTY_{id}]")
+            Cow::Owned(format!("[EMPTY_{id}]"))
         } else {
-            text.clone()
+            Cow::Borrowed(text.as_str())
         };
         if !seen.insert(text.clone()) {
             return Err(EngineError::Tokenizer(format!(
@@ -676,7 +681,7 @@ fn read_token_attrs(meta: &Meta<'_>, n_tokens: usize) -> Result<Vec<u8>> {
 /// verbatim: control and unknown tokens (marked special: only with `parse_special`) and
 /// user-defined ones (always). With `parse_special` off only the latter are wanted; a
 /// user-defined token promoted to control (an end-of-generation text) counts as control.
-fn added_tokens(texts: &[String], attrs: &[u8], parse_special: bool) -> Vec<AddedToken> {
+fn added_tokens(texts: &[Cow<'_, str>], attrs: &[u8], parse_special: bool) -> Vec<AddedToken> {
     texts
         .iter()
         .zip(attrs)
@@ -684,21 +689,21 @@ fn added_tokens(texts: &[String], attrs: &[u8], parse_special: bool) -> Vec<Adde
             let special = attr & (ATTR_CONTROL | ATTR_UNKNOWN) != 0;
             let always = !special && attr & ATTR_USER_DEFINED != 0;
             (always || (special && parse_special))
-                .then(|| AddedToken::from(text.clone(), special).normalized(false))
+                .then(|| AddedToken::from(text.as_ref(), special).normalized(false))
         })
         .collect()
 }
 
 fn build_byte_level_tokenizer(
     meta: &Meta<'_>,
-    texts: &[String],
+    texts: &[Cow<'_, str>],
     choice: &PreTokenizerChoice,
 ) -> Result<Tokenizer> {
     const KEY: &str = "tokenizer.ggml.merges";
     let vocab: Vocab = texts
         .iter()
         .enumerate()
-        .map(|(id, text)| (text.clone(), id as u32))
+        .map(|(id, text)| (text.as_ref().to_owned(), id as u32))
         .collect();
     let raw_merges = meta
         .array(KEY)?
@@ -765,7 +770,7 @@ fn build_byte_level_tokenizer(
 /// merge, ranked by the merged token's score.
 fn build_sentencepiece_tokenizer(
     meta: &Meta<'_>,
-    texts: &[String],
+    texts: &[Cow<'_, str>],
     add_space_prefix: bool,
 ) -> Result<Tokenizer> {
     const KEY: &str = "tokenizer.ggml.scores";
@@ -792,7 +797,7 @@ fn build_sentencepiece_tokenizer(
     let vocab: Vocab = texts
         .iter()
         .enumerate()
-        .map(|(id, text)| (text.clone(), id as u32))
+        .map(|(id, text)| (text.as_ref().to_owned(), id as u32))
         .collect();
     // (score, id, split) for every way a token is two tokens.
     let mut candidates: Vec<(f32, u32, usize)> = Vec::new();
@@ -910,7 +915,12 @@ mod tests {
     }
 
     fn id(tok: &GgufTokenizer, text: &str) -> u32 {
-        tok.texts.iter().position(|t| t == text).unwrap() as u32
+        tok.inner.get_model().token_to_id(text).unwrap()
+    }
+
+    /// A token's text as stored in the GGUF.
+    fn token_text(tok: &GgufTokenizer, id: u32) -> String {
+        tok.inner.get_model().id_to_token(id).unwrap()
     }
 
     #[test]
@@ -932,10 +942,7 @@ mod tests {
         let meta = metadata("gpt-2", &[], &["h e", "l l", "he ll", "Ġ w"]);
         let tok = GgufTokenizer::from_metadata(&meta).unwrap();
         let ids = tok.encode("hello w", false, false).unwrap();
-        let pieces: Vec<&str> = ids
-            .iter()
-            .map(|&i| tok.texts[i as usize].as_str())
-            .collect();
+        let pieces: Vec<String> = ids.iter().map(|&i| token_text(&tok, i)).collect();
         assert_eq!(pieces, ["hell", "o", "Ġw"]);
     }
 
@@ -1111,7 +1118,7 @@ mod tests {
         let tok = GgufTokenizer::from_metadata(&spm_metadata(&tokens)).unwrap();
         let pieces = |text: &str| -> Vec<String> {
             let ids = tok.encode(text, false, true).unwrap();
-            ids.iter().map(|&i| tok.texts[i as usize].clone()).collect()
+            ids.iter().map(|&i| token_text(&tok, i)).collect()
         };
         // Default add_space_prefix: a leading "▁". "▁a" (-5) merges before "ab" (-10), then
         // "▁ab" (-4) is reachable from "▁a" + "b".
