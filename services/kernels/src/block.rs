@@ -301,17 +301,18 @@ unsafe fn dot_rows_avx2_vnni(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f
 #[allow(unused_unsafe)]
 pub(crate) mod x86 {
     use std::arch::x86_64::{
-        __m256i, __m512i, _mm_loadu_si128, _mm_srli_epi16, _mm256_add_ps, _mm256_and_si256,
-        _mm256_cmpeq_epi8, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+        __m256i, __m512i, _cvtu64_mask64, _mm_loadu_si128, _mm_srli_epi16, _mm256_add_ps,
+        _mm256_and_si256, _mm256_cmpeq_epi8, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
         _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_mul_ps,
         _mm256_or_si256, _mm256_permutevar8x32_ps, _mm256_set_epi64x, _mm256_set_m128i,
         _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_epi32, _mm256_set1_epi64x, _mm256_set1_ps,
         _mm256_setzero_ps, _mm256_setzero_si256, _mm256_shuffle_epi8, _mm256_sign_epi8,
-        _mm256_storeu_ps, _mm256_sub_epi8, _mm256_sub_epi32, _mm256_xor_si256,
-        _mm512_broadcast_i64x4, _mm512_castps256_ps512, _mm512_castsi256_si512, _mm512_cvtepi32_ps,
-        _mm512_dpbusd_epi32, _mm512_fmadd_ps, _mm512_inserti64x4, _mm512_loadu_si512,
-        _mm512_permutexvar_ps, _mm512_set1_epi8, _mm512_setzero_ps, _mm512_setzero_si512,
-        _mm512_storeu_ps, _mm512_sub_epi32,
+        _mm256_storeu_ps, _mm256_sub_epi8, _mm256_sub_epi32, _mm256_xor_si256, _mm512_and_si512,
+        _mm512_broadcast_i32x4, _mm512_broadcast_i64x4, _mm512_castps256_ps512,
+        _mm512_castsi256_si512, _mm512_cvtepi32_ps, _mm512_dpbusd_epi32, _mm512_fmadd_ps,
+        _mm512_inserti64x4, _mm512_loadu_si512, _mm512_mask_sub_epi8, _mm512_permutexvar_ps,
+        _mm512_set_epi64, _mm512_set1_epi8, _mm512_setzero_ps, _mm512_setzero_si512,
+        _mm512_srlv_epi16, _mm512_storeu_ps, _mm512_sub_epi8, _mm512_sub_epi32,
     };
 
     use super::{ActRow, PanelBlock, QK, WeightRow, hsum8};
@@ -811,6 +812,43 @@ pub(crate) mod x86 {
         unsafe { by_format!(format, panel_format_512(&row, panel, out)) }
     }
 
+    /// [`block`]'s 32 values in both halves of a 512-bit register, unpacked there: the 16
+    /// nibble bytes broadcast to all four 128-bit lanes, the odd lanes shifted right by four
+    /// (the high nibbles), and Q5_0's fifth bits applied from a mask register (each byte
+    /// without its bit loses 16), instead of [`block`]'s byte shuffles and a broadcast.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn block_pair<const F: u8>(w: &Row<'_>, b: usize) -> __m512i {
+        // SAFETY: each load reads one whole block array of 16 or 32 bytes.
+        unsafe {
+            if F == Q8_0 {
+                return _mm512_broadcast_i64x4(_mm256_loadu_si256(w.q8[b].as_ptr().cast()));
+            }
+            let bytes = _mm512_broadcast_i32x4(_mm_loadu_si128(w.nib[b].as_ptr().cast()));
+            let shifts = _mm512_set_epi64(
+                0x0004_0004_0004_0004,
+                0x0004_0004_0004_0004,
+                0,
+                0,
+                0x0004_0004_0004_0004,
+                0x0004_0004_0004_0004,
+                0,
+                0,
+            );
+            let nib = _mm512_and_si512(_mm512_srlv_epi16(bytes, shifts), _mm512_set1_epi8(0x0f));
+            match F {
+                Q4_0 => _mm512_sub_epi8(nib, _mm512_set1_epi8(8)),
+                Q4_1 => nib,
+                _ => {
+                    // Q5_0: `(q | bit << 4) - 16` is `q` where the bit is set, `q - 16` elsewhere.
+                    let bits = u64::from(w.qh[b]);
+                    let without = _cvtu64_mask64(!(bits | (bits << 32)));
+                    _mm512_mask_sub_epi8(nib, without, nib, _mm512_set1_epi8(16))
+                }
+            }
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn panel_format_512<const F: u8>(w: &Row<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
@@ -840,7 +878,7 @@ pub(crate) mod x86 {
             let mut acc = [_mm512_setzero_ps(); 4];
             let mut summs = _mm256_setzero_ps();
             for (b, p) in panel.iter().enumerate() {
-                let x = _mm512_broadcast_i64x4(block::<F>(w, b));
+                let x = block_pair::<F>(w, b);
                 // Minus 128·Σx per lane, for the flipped activations.
                 let start = if unsigned {
                     zero
