@@ -234,13 +234,7 @@ pub fn dot_panel(
     panel: &ActPanel,
     out: &mut [f32; PANEL_ROWS],
 ) -> bool {
-    let (nb, wants_q8_1) = match w {
-        WeightRow::Q4_1 { d, .. } => (d.len(), true),
-        WeightRow::Q4_0 { d, .. } | WeightRow::Q5_0 { d, .. } | WeightRow::Q8_0 { d, .. } => {
-            (d.len(), false)
-        }
-    };
-    if !panels_supported(isa) || panel.q8_1 != wants_q8_1 || panel.blocks.len() != nb {
+    if !panel_fits(isa, &w, panel) {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
@@ -248,9 +242,9 @@ pub fn dot_panel(
         if isa == Isa::Avx512 {
             // SAFETY: `Isa::detect` returns `Isa::Avx512` only after `is_x86_feature_detected!`
             // reported AVX2, FMA and AVX-512 F, BW, VL and VNNI.
-            unsafe { x86::dot_panel_avx512(w, &panel.blocks, out) };
+            unsafe { x86::dot_panel_avx512([w], &panel.blocks, [out]) };
         } else {
-            // SAFETY: `panels_supported` holds otherwise only for `Isa::Avx2Vnni`, which
+            // SAFETY: `panel_fits` holds otherwise only for `Isa::Avx2Vnni`, which
             // `Isa::detect` returns only after `is_x86_feature_detected!` reported AVX2, FMA,
             // AVX512-VNNI and AVX512-VL.
             unsafe { dot_panel_avx2_vnni(w, &panel.blocks, out) };
@@ -262,6 +256,42 @@ pub fn dot_panel(
         let _ = out;
         false
     }
+}
+
+/// [`dot_panel`] for two weight rows of the same format at once (where the 512-bit version
+/// runs, the two rows' products interleave, which is faster than one after the other); the
+/// same bits. Returns `false` (nothing written) where [`dot_panel`] would for either row.
+pub fn dot_panel_pair(
+    isa: Isa,
+    w: [WeightRow<'_>; 2],
+    panel: &ActPanel,
+    out: [&mut [f32; PANEL_ROWS]; 2],
+) -> bool {
+    if !w.iter().all(|w| panel_fits(isa, w, panel))
+        || std::mem::discriminant(&w[0]) != std::mem::discriminant(&w[1])
+    {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: as in `dot_panel`.
+        unsafe { x86::dot_panel_avx512(w, &panel.blocks, out) };
+        return true;
+    }
+    let [o0, o1] = out;
+    dot_panel(isa, w[0], panel, o0) && dot_panel(isa, w[1], panel, o1)
+}
+
+/// Whether `panel` can multiply `w` on `isa`: panels supported, the panel's activation
+/// format the one `w`'s format takes, the same block count.
+fn panel_fits(isa: Isa, w: &WeightRow<'_>, panel: &ActPanel) -> bool {
+    let (nb, wants_q8_1) = match w {
+        WeightRow::Q4_1 { d, .. } => (d.len(), true),
+        WeightRow::Q4_0 { d, .. } | WeightRow::Q5_0 { d, .. } | WeightRow::Q8_0 { d, .. } => {
+            (d.len(), false)
+        }
+    };
+    panels_supported(isa) && panel.q8_1 == wants_q8_1 && panel.blocks.len() == nb
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -799,17 +829,33 @@ pub(crate) mod x86 {
             }
         }
     }
-    /// See [`super::dot_panel`]: [`panel_format`]'s arithmetic on 512-bit registers, two
-    /// activation rows to a register. The weight block is broadcast to both halves, so each
-    /// half's `vpdpbusd` leaves the same eight lanes as the 256-bit version for its row, and
-    /// each half's scale product (one permute of the eight) and `fmadd` are that row's, in
-    /// the same order: the same bits, with half the instructions per row.
+    /// See [`super::dot_panel`] and [`super::dot_panel_pair`]: [`panel_format`]'s arithmetic
+    /// on 512-bit registers for `W` weight rows, two activation rows to a register. The
+    /// weight block is broadcast to both halves, so each half's `vpdpbusd` leaves the same
+    /// eight lanes as the 256-bit version for its row, and each half's scale product (one
+    /// permute of the eight) and `fmadd` are that row's, in the same order: the same bits,
+    /// with half the instructions per row. Two weight rows give eight independent `fmadd`
+    /// chains instead of four, which is what the loop's speed waits on otherwise.
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn dot_panel_avx512(w: WeightRow<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
-        let (format, row) = Row::of(w);
+    pub unsafe fn dot_panel_avx512<const W: usize>(
+        w: [WeightRow<'_>; W],
+        panel: &[PanelBlock],
+        out: [&mut [f32; 8]; W],
+    ) {
+        let rows = w.map(Row::of);
+        let format = rows[0].0;
+        assert!(rows.iter().all(|r| r.0 == format));
+        let rows = rows.map(|r| r.1);
         // SAFETY: AVX2, FMA and AVX-512 F/BW/VL/VNNI are available (this function's
         // requirement).
-        unsafe { by_format!(format, panel_format_512(&row, panel, out)) }
+        unsafe {
+            match format {
+                Q4_0 => panel_format_512::<Q4_0, W>(&rows, panel, out),
+                Q4_1 => panel_format_512::<Q4_1, W>(&rows, panel, out),
+                Q5_0 => panel_format_512::<Q5_0, W>(&rows, panel, out),
+                _ => panel_format_512::<Q8_0, W>(&rows, panel, out),
+            }
+        }
     }
 
     /// [`block`]'s 32 values in both halves of a 512-bit register, unpacked there: the 16
@@ -851,18 +897,24 @@ pub(crate) mod x86 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn panel_format_512<const F: u8>(w: &Row<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
+    unsafe fn panel_format_512<const F: u8, const W: usize>(
+        ws: &[Row<'_>; W],
+        panel: &[PanelBlock],
+        out: [&mut [f32; 8]; W],
+    ) {
         let unsigned = F == Q4_1;
-        let nb = w.d.len();
-        assert!(panel.len() == nb);
-        assert!(match F {
-            Q4_0 => w.nib.len() >= nb,
-            Q4_1 => w.nib.len() >= nb && w.m.len() >= nb,
-            Q5_0 => w.nib.len() >= nb && w.qh.len() >= nb,
-            _ => w.q8.len() >= nb,
-        });
+        let nb = panel.len();
+        for w in ws {
+            assert!(w.d.len() == nb);
+            assert!(match F {
+                Q4_0 => w.nib.len() >= nb,
+                Q4_1 => w.nib.len() >= nb && w.m.len() >= nb,
+                Q5_0 => w.nib.len() >= nb && w.qh.len() >= nb,
+                _ => w.q8.len() >= nb,
+            });
+        }
         // SAFETY: every load reads whole arrays of the panel block (a pair of rows is 64
-        // contiguous bytes of `qs`) or of the weight row (block indices checked above); the
+        // contiguous bytes of `qs`) or of the weight rows (block indices checked above); the
         // stores write `[f32; 8]` and `[f32; 16]`s.
         unsafe {
             let zero = _mm512_setzero_si512();
@@ -875,45 +927,50 @@ pub(crate) mod x86 {
                     _mm256_set1_epi32(2 * k as i32 + 1),
                 )
             });
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut summs = _mm256_setzero_ps();
+            let mut acc = [[_mm512_setzero_ps(); 4]; W];
+            let mut summs = [_mm256_setzero_ps(); W];
             for (b, p) in panel.iter().enumerate() {
-                let x = block_pair::<F>(w, b);
-                // Minus 128·Σx per lane, for the flipped activations.
-                let start = if unsigned {
-                    zero
-                } else {
-                    _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, x))
-                };
-                let dx = *w.d.get_unchecked(b);
-                let dd = _mm512_castps256_ps512(_mm256_mul_ps(
-                    _mm256_set1_ps(dx),
-                    _mm256_loadu_ps(p.d.as_ptr()),
-                ));
-                if unsigned {
-                    let m = _mm256_set1_ps(*w.m.get_unchecked(b));
-                    summs = _mm256_add_ps(summs, _mm256_mul_ps(m, _mm256_loadu_ps(p.s.as_ptr())));
-                }
                 let pairs = p.qs.as_ptr().cast::<u8>();
-                for (k, acc) in acc.iter_mut().enumerate() {
-                    let y = _mm512_loadu_si512(pairs.add(64 * k).cast());
-                    let lanes = if unsigned {
-                        _mm512_dpbusd_epi32(start, x, y)
+                let d_act = _mm256_loadu_ps(p.d.as_ptr());
+                for (i, w) in ws.iter().enumerate() {
+                    let x = block_pair::<F>(w, b);
+                    // Minus 128·Σx per lane, for the flipped activations.
+                    let start = if unsigned {
+                        zero
                     } else {
-                        _mm512_dpbusd_epi32(start, y, x)
+                        _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, flip, x))
                     };
-                    let dd_k = _mm512_permutexvar_ps(pick[k], dd);
-                    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), dd_k, *acc);
+                    let dx = *w.d.get_unchecked(b);
+                    let dd = _mm512_castps256_ps512(_mm256_mul_ps(_mm256_set1_ps(dx), d_act));
+                    if unsigned {
+                        let m = _mm256_set1_ps(*w.m.get_unchecked(b));
+                        summs[i] = _mm256_add_ps(
+                            summs[i],
+                            _mm256_mul_ps(m, _mm256_loadu_ps(p.s.as_ptr())),
+                        );
+                    }
+                    for (k, acc) in acc[i].iter_mut().enumerate() {
+                        let y = _mm512_loadu_si512(pairs.add(64 * k).cast());
+                        let lanes = if unsigned {
+                            _mm512_dpbusd_epi32(start, x, y)
+                        } else {
+                            _mm512_dpbusd_epi32(start, y, x)
+                        };
+                        let dd_k = _mm512_permutexvar_ps(pick[k], dd);
+                        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), dd_k, *acc);
+                    }
                 }
             }
-            let mut m = [0f32; 8];
-            _mm256_storeu_ps(m.as_mut_ptr(), summs);
-            for (k, acc) in acc.iter().enumerate() {
-                let mut l = [0f32; 16];
-                _mm512_storeu_ps(l.as_mut_ptr(), *acc);
-                let (lo, hi) = l.split_at(8);
-                out[2 * k] = hsum8(lo.try_into().expect("8 lanes")) + m[2 * k];
-                out[2 * k + 1] = hsum8(hi.try_into().expect("8 lanes")) + m[2 * k + 1];
+            for ((acc, summs), out) in acc.iter().zip(&summs).zip(out) {
+                let mut m = [0f32; 8];
+                _mm256_storeu_ps(m.as_mut_ptr(), *summs);
+                for (k, acc) in acc.iter().enumerate() {
+                    let mut l = [0f32; 16];
+                    _mm512_storeu_ps(l.as_mut_ptr(), *acc);
+                    let (lo, hi) = l.split_at(8);
+                    out[2 * k] = hsum8(lo.try_into().expect("8 lanes")) + m[2 * k];
+                    out[2 * k + 1] = hsum8(hi.try_into().expect("8 lanes")) + m[2 * k + 1];
+                }
             }
         }
     }
@@ -1207,6 +1264,45 @@ mod tests {
     /// Panels of eight rows give, on every version that has them, bit for bit what the
     /// fused portable body gives for those rows (each format, Q8_0 and Q8_1 panels, odd block
     /// counts); a panel of the wrong format is refused.
+    /// [`dot_panel_pair`] gives each row's [`dot_panel`] bits (two rows of each format);
+    /// rows of two formats are refused.
+    #[test]
+    fn panel_pairs_equal_the_fused_portable_body() {
+        let mut rng = Rng(0x9a1e_0f00_d5);
+        for blocks in [1usize, 7, 20] {
+            let w = [data(&mut rng, blocks), data(&mut rng, blocks)];
+            let acts: Vec<Data> = (0..PANEL_ROWS).map(|_| data(&mut rng, blocks)).collect();
+            let rows: Vec<ActRow<'_>> = acts.iter().map(Data::act).collect();
+            let rows: &[ActRow<'_>; PANEL_ROWS] = rows.as_slice().try_into().unwrap();
+            let panels = [ActPanel::new(rows, false), ActPanel::new(rows, true)];
+            let (first, second) = (formats(&w[0]), formats(&w[1]));
+            for (i, (&w0, &w1)) in first.iter().zip(&second).enumerate() {
+                let mut want = [[0f32; PANEL_ROWS]; 2];
+                dot_rows_body::<true>(w0, rows, &mut want[0]);
+                dot_rows_body::<true>(w1, rows, &mut want[1]);
+                let panel = &panels[usize::from(matches!(w0, WeightRow::Q4_1 { .. }))];
+                for isa in isas() {
+                    let mut got = [[f32::NAN; PANEL_ROWS]; 2];
+                    let [g0, g1] = &mut got;
+                    if !dot_panel_pair(isa, [w0, w1], panel, [g0, g1]) {
+                        assert!(!panels_supported(isa), "{isa:?} refused a pair");
+                        continue;
+                    }
+                    assert_eq!(
+                        got.map(|g| g.map(f32::to_bits)),
+                        want.map(|g| g.map(f32::to_bits)),
+                        "{isa:?} blocks {blocks} format {i}"
+                    );
+                    // Q4_0 with Q5_0 (both read Q8_0 panels) is still two formats.
+                    if i == 0 {
+                        let [g0, g1] = &mut got;
+                        assert!(!dot_panel_pair(isa, [w0, second[2]], panel, [g0, g1]));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn panels_equal_the_fused_portable_body() {
         let mut rng = Rng(0x5eed_0f9a_7e00);

@@ -22,8 +22,8 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
 use hearth_kernels::block::{
-    ActPanel, ActRow, PANEL_ROWS, QK, WeightRow, dot_panel, dot_rows, dot_rows_one_act,
-    panels_supported,
+    ActPanel, ActRow, PANEL_ROWS, QK, WeightRow, dot_panel, dot_panel_pair, dot_rows,
+    dot_rows_one_act, panels_supported,
 };
 use hearth_kernels::kquants::{
     BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KPANEL_ROWS, KPanel, KRow, QK_K, dot_kpanel,
@@ -556,24 +556,10 @@ impl Work<'_> {
             );
             return;
         }
-        for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
-            match self.src {
-                Src::Blocks(blocks, acts) => {
-                    let row = blocks.row(self.first_row + r, self.k / QK);
-                    let mut done = 0;
-                    for (panel, out) in acts.panels.iter().zip(out_row.chunks_exact_mut(PANEL_ROWS))
-                    {
-                        let Ok(out) = <&mut [f32; PANEL_ROWS]>::try_from(out) else {
-                            break;
-                        };
-                        if !dot_panel(isa, row, panel, out) {
-                            break;
-                        }
-                        done += PANEL_ROWS;
-                    }
-                    dot_rows(isa, row, &acts.rows[done..], &mut out_row[done..]);
-                }
-                Src::K(blocks, acts) => {
+        match self.src {
+            Src::Blocks(blocks, acts) => self.run_blocks(isa, m, blocks, acts, &mut out),
+            Src::K(blocks, acts) => {
+                for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
                     let row = blocks.row(self.first_row + r, self.k / QK_K);
                     let mut done = 0;
                     for (panel, out) in acts
@@ -592,6 +578,56 @@ impl Work<'_> {
                     dot_rows_k(isa, row, &acts.rows[done..], &mut out_row[done..]);
                 }
             }
+        }
+    }
+
+    /// The block formats' rows with `m > 1` activation rows: weight rows two at a time
+    /// through the panels (the two rows' products interleave), the rest of the activation
+    /// rows (fewer than a panel) and an odd last weight row one by one.
+    fn run_blocks(
+        &self,
+        isa: Isa,
+        m: usize,
+        blocks: &Blocks,
+        acts: &BlockActs<'_>,
+        out: &mut [f32],
+    ) {
+        let nb = self.k / QK;
+        let rows = out.len() / m;
+        let (paired, last) = out.split_at_mut(rows / 2 * 2 * m);
+        for (i, pair) in paired.chunks_exact_mut(2 * m).enumerate() {
+            let r = self.first_row + 2 * i;
+            let (o0, o1) = pair.split_at_mut(m);
+            let w = [blocks.row(r, nb), blocks.row(r + 1, nb)];
+            let mut done = 0;
+            for (panel, (p0, p1)) in acts.panels.iter().zip(
+                o0.chunks_exact_mut(PANEL_ROWS)
+                    .zip(o1.chunks_exact_mut(PANEL_ROWS)),
+            ) {
+                let (Ok(p0), Ok(p1)) = (p0.try_into(), p1.try_into()) else {
+                    break;
+                };
+                if !dot_panel_pair(isa, w, panel, [p0, p1]) {
+                    break;
+                }
+                done += PANEL_ROWS;
+            }
+            dot_rows(isa, w[0], &acts.rows[done..], &mut o0[done..]);
+            dot_rows(isa, w[1], &acts.rows[done..], &mut o1[done..]);
+        }
+        if !last.is_empty() {
+            let row = blocks.row(self.first_row + rows - 1, nb);
+            let mut done = 0;
+            for (panel, o) in acts.panels.iter().zip(last.chunks_exact_mut(PANEL_ROWS)) {
+                let Ok(o) = <&mut [f32; PANEL_ROWS]>::try_from(o) else {
+                    break;
+                };
+                if !dot_panel(isa, row, panel, o) {
+                    break;
+                }
+                done += PANEL_ROWS;
+            }
+            dot_rows(isa, row, &acts.rows[done..], &mut last[done..]);
         }
     }
 }
@@ -790,8 +826,9 @@ mod tests {
     /// 8-bit activations (only float rounding and Q8_1's f16 block sums differ).
     #[test]
     fn kernels_match_dequantized_products() {
-        // Eleven rows: one panel of eight where the CPU has them, and three row by row.
-        let (n, k, m) = (40, 96, 11);
+        // Eleven rows: one panel of eight where the CPU has them, and three row by row; 41
+        // weight rows: pairs, and an odd last row in the last chunk.
+        let (n, k, m) = (41, 96, 11);
         #[allow(clippy::cast_precision_loss)]
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
