@@ -1268,7 +1268,7 @@ mod tests {
     /// rows of two formats are refused.
     #[test]
     fn panel_pairs_equal_the_fused_portable_body() {
-        let mut rng = Rng(0x9a1e_0f00_d5);
+        let mut rng = Rng(0x009a_1e0f_00d5);
         for blocks in [1usize, 7, 20] {
             let w = [data(&mut rng, blocks), data(&mut rng, blocks)];
             let acts: Vec<Data> = (0..PANEL_ROWS).map(|_| data(&mut rng, blocks)).collect();
