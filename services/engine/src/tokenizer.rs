@@ -1,9 +1,9 @@
 //! Tokenizer built from GGUF metadata, reproducing llama.cpp's `llama-vocab.cpp`.
 //!
-//! The vocabulary, merges/scores and token types in the GGUF become a real
-//! [`tokenizers::Tokenizer`] (no `tokenizer.json` on disk): a BPE model, the pre-tokenizer
-//! regexes llama.cpp picks for `tokenizer.ggml.pre` (or SentencePiece's space handling), and
-//! every special token as an [`AddedToken`]. Checked against llama.cpp by
+//! The vocabulary, merges/scores and token types in the GGUF become a
+//! [`tokenizers::TokenizerImpl`] (no `tokenizer.json` on disk): a model ([`VocabModel`]), the
+//! pre-tokenizer regexes llama.cpp picks for `tokenizer.ggml.pre` (or SentencePiece's space
+//! handling), and every special token as an [`AddedToken`]. Checked against llama.cpp by
 //! `tests/golden_tokenize.rs` (SmolLM2, Qwen2.5, Gemma 3).
 //!
 //! Special tokens follow llama.cpp's rules, which decide what a prompt becomes:
@@ -15,10 +15,11 @@
 //!
 //! Two vocabulary families are supported:
 //! - `tokenizer.ggml.model = "gpt2"`: byte-level BPE with merge ranks (Qwen, SmolLM, Llama 3);
-//! - `"llama"`: SentencePiece-style BPE driven by token scores (Llama 2, Gemma). llama.cpp merges
-//!   the adjacent pair whose concatenation is the best-scoring token; here every split of every
-//!   token into two tokens becomes a merge, ranked by the merged token's score, with byte
-//!   fallback to `<0xXX>` tokens. Spaces become `▁`.
+//! - `"llama"`: SentencePiece-style BPE driven by token scores (Llama 2, Gemma): our own model
+//!   ([`SpmModel`]) runs llama.cpp's loop, merging the adjacent pair whose concatenation is
+//!   the best-scoring token, with byte fallback to `<0xXX>` tokens; it keeps the texts once in
+//!   one buffer (the crate's BPE would need every split of every token as a merge). Spaces
+//!   become `▁`.
 //!
 //! Current limits: other vocabulary types (WordPiece, Unigram, RWKV) and unknown `pre` types are
 //! refused. Special tokens are found leftmost-longest (Hugging Face's rule) where llama.cpp splits longest-token-first; the
@@ -38,12 +39,87 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{
-    AddedToken, AddedVocabulary, Model, OffsetReferential, OffsetType, PreTokenizedString,
-    PreTokenizer, SplitDelimiterBehavior, Tokenizer,
+    AddedToken, AddedVocabulary, DecoderWrapper, Model, OffsetReferential, OffsetType,
+    PostProcessorWrapper, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior, Token,
+    TokenizerImpl,
 };
 
 use crate::gguf::GgufModelFile;
 use crate::{EngineError, Result};
+
+mod spm;
+
+pub use spm::{NoTrainer, SpmModel};
+
+/// A [`tokenizers::Tokenizer`] with our model type in it (the crate's `ModelWrapper` is closed).
+pub type HfTokenizer = TokenizerImpl<
+    VocabModel,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
+
+/// The model inside [`HfTokenizer`]: the crate's BPE for byte-level vocabularies, ours for
+/// SentencePiece ones.
+pub enum VocabModel {
+    BytePairs(BPE),
+    SentencePiece(SpmModel),
+}
+
+impl Model for VocabModel {
+    type Trainer = NoTrainer<Self>;
+
+    fn tokenize(&self, sequence: &str) -> tokenizers::Result<Vec<Token>> {
+        match self {
+            Self::BytePairs(m) => m.tokenize(sequence),
+            Self::SentencePiece(m) => m.tokenize(sequence),
+        }
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        match self {
+            Self::BytePairs(m) => m.token_to_id(token),
+            Self::SentencePiece(m) => m.token_to_id(token),
+        }
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        match self {
+            Self::BytePairs(m) => m.id_to_token(id),
+            Self::SentencePiece(m) => m.id_to_token(id),
+        }
+    }
+
+    fn get_vocab(&self) -> HashMap<String, u32> {
+        match self {
+            Self::BytePairs(m) => m.get_vocab(),
+            Self::SentencePiece(m) => m.get_vocab(),
+        }
+    }
+
+    fn get_vocab_size(&self) -> usize {
+        match self {
+            Self::BytePairs(m) => m.get_vocab_size(),
+            Self::SentencePiece(m) => m.get_vocab_size(),
+        }
+    }
+
+    fn save(
+        &self,
+        folder: &std::path::Path,
+        prefix: Option<&str>,
+    ) -> tokenizers::Result<Vec<std::path::PathBuf>> {
+        match self {
+            Self::BytePairs(m) => m.save(folder, prefix),
+            Self::SentencePiece(m) => m.save(folder, prefix),
+        }
+    }
+
+    fn get_trainer(&self) -> NoTrainer<Self> {
+        NoTrainer::default()
+    }
+}
 
 /// GPT-2's pre-tokenizer regex (the form Hugging Face uses; llama.cpp implements the same
 /// split by hand in `unicode_regex_split_custom_gpt2`).
@@ -157,12 +233,12 @@ const EOG_TEXTS: &[&str] = &[
 pub struct GgufTokenizer {
     kind: VocabKind,
     /// Model, pre-tokenizer, decoder, and every special token as an [`AddedToken`].
-    inner: Tokenizer,
+    inner: HfTokenizer,
     /// Only the user-defined tokens: what is matched when `parse_special` is off.
     user_defined: AddedVocabulary,
     /// llama.cpp token attributes (`ATTR_*` bits), one per id. The token texts (byte-level
-    /// encoded for BPE) live only in the BPE model: another copy of a 262k vocabulary would
-    /// cost ~14 MiB.
+    /// encoded for BPE) live only in the model: another copy of a 262k vocabulary would cost
+    /// megabytes.
     attrs: Vec<u8>,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -270,7 +346,7 @@ impl GgufTokenizer {
             VocabKind::SentencePiece => None,
         };
 
-        // Borrowed from the metadata: only the BPE model keeps its own copies.
+        // Borrowed from the metadata: only the model keeps its own copy.
         let texts = read_token_texts(&meta)?;
         let n_tokens = texts.len();
         let mut attrs = read_token_attrs(&meta, n_tokens)?;
@@ -397,7 +473,7 @@ impl GgufTokenizer {
     }
 
     /// The underlying Hugging Face tokenizer (model, pre-tokenizer, special tokens).
-    pub fn hf_tokenizer(&self) -> &Tokenizer {
+    pub fn hf_tokenizer(&self) -> &HfTokenizer {
         &self.inner
     }
 
@@ -413,7 +489,7 @@ impl GgufTokenizer {
         let Some(&attr) = self.attrs.get(id as usize) else {
             return Vec::new();
         };
-        // Every GGUF id is in the BPE model's vocabulary (its id-to-text map).
+        // Every GGUF id is in the model's vocabulary.
         let Some(text) = self.inner.get_model().id_to_token(id) else {
             return Vec::new();
         };
@@ -698,7 +774,7 @@ fn build_byte_level_tokenizer(
     meta: &Meta<'_>,
     texts: &[Cow<'_, str>],
     choice: &PreTokenizerChoice,
-) -> Result<Tokenizer> {
+) -> Result<HfTokenizer> {
     const KEY: &str = "tokenizer.ggml.merges";
     let vocab: Vocab = texts
         .iter()
@@ -757,26 +833,38 @@ fn build_byte_level_tokenizer(
     }
     steps.push(ByteLevel::new(false, false, false).into());
 
-    let mut tokenizer = Tokenizer::new(bpe);
+    let mut tokenizer = HfTokenizer::new(VocabModel::BytePairs(bpe));
     tokenizer.with_pre_tokenizer(Some(Sequence::new(steps)));
     tokenizer.with_decoder(Some(ByteLevel::default()));
     Ok(tokenizer)
 }
 
-/// SentencePiece BPE as llama.cpp runs it (`llm_tokenizer_spm_session`): start from single
-/// characters and repeatedly merge the adjacent pair whose concatenation is the token with the
-/// highest score (leftmost first on ties); characters that are no token become `<0xXX>` tokens.
-/// A Hugging Face BPE reproduces this when every split of every token into two tokens is a
-/// merge, ranked by the merged token's score.
+/// SentencePiece BPE as llama.cpp runs it ([`SpmModel`]), after a normalizer that turns spaces
+/// into `▁` and, with `add_space_prefix`, puts one in front.
 fn build_sentencepiece_tokenizer(
     meta: &Meta<'_>,
     texts: &[Cow<'_, str>],
     add_space_prefix: bool,
-) -> Result<Tokenizer> {
+) -> Result<HfTokenizer> {
+    let model = SpmModel::new(texts, read_scores(meta, texts.len())?)?;
+    let mut steps: Vec<NormalizerWrapper> = Vec::with_capacity(2);
+    if add_space_prefix {
+        steps.push(Prepend::new(SPM_SPACE.to_owned()).into());
+    }
+    steps.push(Replace::new(" ", SPM_SPACE).map_err(tok_err)?.into());
+    let mut tokenizer = HfTokenizer::new(VocabModel::SentencePiece(model));
+    tokenizer
+        .with_normalizer(Some(NormalizerSequence::new(steps)))
+        .map_err(tok_err)?;
+    Ok(tokenizer)
+}
+
+/// `tokenizer.ggml.scores`, one per token (all 0 when absent, as in llama.cpp).
+fn read_scores(meta: &Meta<'_>, n_tokens: usize) -> Result<Vec<f32>> {
     const KEY: &str = "tokenizer.ggml.scores";
-    let scores: Vec<f32> = match meta.array(KEY)? {
-        None => vec![0.0; texts.len()],
-        Some(values) if values.len() >= texts.len() => values[..texts.len()]
+    match meta.array(KEY)? {
+        None => Ok(vec![0.0; n_tokens]),
+        Some(values) if values.len() >= n_tokens => values[..n_tokens]
             .iter()
             .map(|v| match *v {
                 Value::F32(x) => Ok(x),
@@ -785,21 +873,23 @@ fn build_sentencepiece_tokenizer(
                     .map(|x| x as f32)
                     .ok_or_else(|| Meta::wrong_type(KEY, "numbers")),
             })
-            .collect::<Result<_>>()?,
-        Some(values) => {
-            return Err(EngineError::Tokenizer(format!(
-                "{KEY} has {} entries for {} tokens",
-                values.len(),
-                texts.len()
-            )));
-        }
-    };
+            .collect(),
+        Some(values) => Err(EngineError::Tokenizer(format!(
+            "{KEY} has {} entries for {n_tokens} tokens",
+            values.len()
+        ))),
+    }
+}
+
+/// The previous SentencePiece path, kept only to compare [`SpmModel`] against: a crate BPE
+/// with every split of every token as a merge, ranked by the merged token's score.
+#[cfg(test)]
+fn spm_as_bpe(texts: &[Cow<'_, str>], scores: &[f32]) -> Result<BPE> {
     let vocab: Vocab = texts
         .iter()
         .enumerate()
         .map(|(id, text)| (text.as_ref().to_owned(), id as u32))
         .collect();
-    // (score, id, split) for every way a token is two tokens.
     let mut candidates: Vec<(f32, u32, usize)> = Vec::new();
     for (id, text) in texts.iter().enumerate() {
         for (at, _) in text.char_indices().skip(1) {
@@ -816,22 +906,11 @@ fn build_sentencepiece_tokenizer(
             (text[..at].to_owned(), text[at..].to_owned())
         })
         .collect();
-    let bpe = BPE::builder()
+    BPE::builder()
         .vocab_and_merges(vocab, merges)
         .byte_fallback(true)
         .build()
-        .map_err(tok_err)?;
-
-    let mut steps: Vec<NormalizerWrapper> = Vec::with_capacity(2);
-    if add_space_prefix {
-        steps.push(Prepend::new(SPM_SPACE.to_owned()).into());
-    }
-    steps.push(Replace::new(" ", SPM_SPACE).map_err(tok_err)?.into());
-    let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer
-        .with_normalizer(Some(NormalizerSequence::new(steps)))
-        .map_err(tok_err)?;
-    Ok(tokenizer)
+        .map_err(tok_err)
 }
 
 /// GPT-2's byte-to-character table: printable Latin-1 bytes stand for themselves, the rest
@@ -1137,6 +1216,144 @@ mod tests {
         let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i)).collect();
         assert_eq!(bytes, " ab é".as_bytes());
         assert!(tok.is_eog(2));
+    }
+
+    /// Text files under `dir` (no `target`, no dot-directories), for the comparison corpus.
+    fn corpus_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || name == "target" {
+                continue;
+            }
+            if path.is_dir() {
+                corpus_files(&path, out);
+            } else if ["md", "rs", "txt", "json", "toml", "html", "js", "css", "sh"]
+                .iter()
+                .any(|ext| path.extension().is_some_and(|e| e == *ext))
+            {
+                out.push(path);
+            }
+        }
+    }
+
+    /// [`SpmModel`] against the crate BPE it replaces, on Gemma 3's vocabulary (when the file
+    /// is here) and text from `HEARTH_SPM_CORPUS` (`:`-separated directories; default this
+    /// workspace) cut into pieces, plus odd Unicode.
+    #[test]
+    fn spm_model_matches_the_bpe_it_replaces() {
+        let home = std::env::var_os("HOME").unwrap_or_default();
+        let path =
+            std::path::Path::new(&home).join(".cache/hearth/models/gemma-3-270m-q4_k_m.gguf");
+        if !path.is_file() {
+            println!("{}: skipped, no such file", path.display());
+            return;
+        }
+        let file = GgufModelFile::open(&path).unwrap();
+        let new = GgufTokenizer::from_gguf(&file).unwrap();
+        let mut old = GgufTokenizer::from_gguf(&file).unwrap();
+        let meta = Meta(&file.content.metadata);
+        let texts = read_token_texts(&meta).unwrap();
+        let scores = read_scores(&meta, texts.len()).unwrap();
+        old.inner
+            .with_model(VocabModel::BytePairs(spm_as_bpe(&texts, &scores).unwrap()));
+
+        let dirs = std::env::var("HEARTH_SPM_CORPUS")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../..").to_owned());
+        let mut files = Vec::new();
+        for dir in dirs.split(':') {
+            corpus_files(std::path::Path::new(dir), &mut files);
+        }
+        files.sort();
+        let mut corpus: Vec<String> = Vec::new();
+        // Pieces of 1 to ~4000 bytes, cut at character boundaries.
+        let mut len = 1usize;
+        for file in &files {
+            let Ok(text) = std::fs::read_to_string(file) else {
+                continue;
+            };
+            let mut rest = text.as_str();
+            while !rest.is_empty() {
+                let mut end = len.min(rest.len());
+                while !rest.is_char_boundary(end) {
+                    end += 1;
+                }
+                corpus.push(rest[..end].to_owned());
+                rest = &rest[end..];
+                len = len * 7 % 4093 + 1;
+            }
+        }
+        let odd = [
+            "日本語のテキストと漢字、中文简体和繁體中文，한국어 문장도.",
+            "emoji 🦀🧑‍🤝‍🧑👍🏽🇫🇷 ❤️‍🔥 and ZWJ\u{200d}joiners",
+            "combining: e\u{301} a\u{308}\u{304} Z\u{335}\u{321}a\u{334}l\u{336}g\u{337}o",
+            "RTL: مرحبا بالعالم שלום עולם \u{202e}reversed\u{202c}",
+            "control: \0\u{1}\u{7}\u{1b}[31m\u{7f}\u{85}\u{a0}\u{2028}\u{feff}",
+            "whitespace:   \t\t\n\n\n    \r\n  \u{3000}\u{2009} x",
+            "unknown: \u{10ffff}\u{e000}\u{fffd}\u{1d11e}\u{2f800}\u{e0041}",
+            "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n<eos><bos><pad><mask>",
+            "<unused0><unused99>[multimodal]<start_of_image><end_of_image></s><unk>",
+        ];
+        for text in odd {
+            corpus.push(text.to_owned());
+            corpus.push(text.repeat(40));
+        }
+        for n in [1, 2, 3, 7, 31, 100, 1000] {
+            for unit in [" ", "\n", "\t", "a", "=", "ab", "\u{2581}", "🦀", "0"] {
+                corpus.push(unit.repeat(n));
+            }
+        }
+
+        // One long prompt: the first run (the crate BPE's word cache cold) and the best of five.
+        let long = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../ARCHITECTURE.md"
+        ))
+        .unwrap();
+        for text in [long.clone(), long.repeat(10)] {
+            let time = |tok: &GgufTokenizer| {
+                let runs: Vec<_> = (0..5)
+                    .map(|_| {
+                        let start = std::time::Instant::now();
+                        let n = tok.encode(&text, false, true).unwrap().len();
+                        (start.elapsed(), n)
+                    })
+                    .collect();
+                (runs[0], runs.iter().min().copied().unwrap())
+            };
+            let ((cold_old, (warm_old, n)), (cold_new, warm_new)) = (time(&old), time(&new));
+            println!(
+                "{} tokens: old {:?} cold, {warm_old:?} warm; new {:?} cold, {:?} warm",
+                n, cold_old.0, cold_new.0, warm_new.0
+            );
+        }
+        let (mut strings, mut tokens) = (0usize, 0usize);
+        let (mut t_old, mut t_new) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        let mut mismatches = Vec::new();
+        for text in &corpus {
+            for special in [false, true] {
+                let start = std::time::Instant::now();
+                let want = old.encode(text, false, special).unwrap();
+                t_old += start.elapsed();
+                let start = std::time::Instant::now();
+                let got = new.encode(text, false, special).unwrap();
+                t_new += start.elapsed();
+                strings += 1;
+                tokens += want.len();
+                if got != want && mismatches.len() < 10 {
+                    mismatches.push(format!("{text:?} special={special}: {want:?} vs {got:?}"));
+                }
+            }
+        }
+        println!(
+            "{} files, {strings} strings, {tokens} tokens compared; encode old {t_old:?}, new {t_new:?}",
+            files.len()
+        );
+        assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     }
 
     #[test]
