@@ -132,6 +132,131 @@ fn reduce16(a: &[f32; 16]) -> f32 {
     p0 + p1
 }
 
+dispatch!(
+    /// ggml's `rms_norm` of each `weight.len()`-wide row of `x`, times `weight`, into `out`:
+    /// `Σ v²` in f64 in element order, `scale = 1/sqrt(mean + eps)` in f32, `(v·scale)·w`.
+    /// Four rows' sums run side by side (four independent chains of f64 adds instead of one;
+    /// each row's order is unchanged).
+    fn rms_norm / rms_norm_fast = rms_norm_body(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> ()
+);
+
+dispatch!(
+    /// [`rms_norm`] of `x` into itself (each row's scale is computed before the row is
+    /// overwritten).
+    fn rms_norm_in_place / rms_norm_in_place_fast = rms_norm_in_place_body(x: &mut [f32], weight: &[f32], eps: f32) -> ()
+);
+
+/// The rms-norm scales of `R` consecutive rows of `rows` (each `n` wide).
+#[inline(always)]
+fn rms_scales<const R: usize>(rows: &[f32], n: usize, eps: f32) -> [f32; R] {
+    let rs: [&[f32]; R] = std::array::from_fn(|r| &rows[r * n..(r + 1) * n]);
+    let mut sums = [0f64; R];
+    for j in 0..n {
+        for (sum, row) in sums.iter_mut().zip(&rs) {
+            let v = row[j];
+            *sum += f64::from(v * v);
+        }
+    }
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    sums.map(|sum| {
+        let mean = (sum / n as f64) as f32;
+        1.0 / (mean + eps).sqrt()
+    })
+}
+
+#[inline(always)]
+fn rms_norm_body(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    if n == 0 {
+        return;
+    }
+    let mut groups = x.chunks_exact(4 * n);
+    let mut outs = out.chunks_exact_mut(4 * n);
+    for (xg, og) in (&mut groups).zip(&mut outs) {
+        let scales = rms_scales::<4>(xg, n, eps);
+        for ((row, o), scale) in xg.chunks_exact(n).zip(og.chunks_exact_mut(n)).zip(scales) {
+            for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
+                *o = (v * scale) * w;
+            }
+        }
+    }
+    for (row, o) in groups
+        .remainder()
+        .chunks_exact(n)
+        .zip(outs.into_remainder().chunks_exact_mut(n))
+    {
+        let [scale] = rms_scales::<1>(row, n, eps);
+        for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
+            *o = (v * scale) * w;
+        }
+    }
+}
+
+#[inline(always)]
+fn rms_norm_in_place_body(x: &mut [f32], weight: &[f32], eps: f32) {
+    let n = weight.len();
+    if n == 0 {
+        return;
+    }
+    let mut groups = x.chunks_exact_mut(4 * n);
+    for group in &mut groups {
+        let scales = rms_scales::<4>(group, n, eps);
+        for (row, scale) in group.chunks_exact_mut(n).zip(scales) {
+            for (v, &w) in row.iter_mut().zip(weight) {
+                *v = (*v * scale) * w;
+            }
+        }
+    }
+    for row in groups.into_remainder().chunks_exact_mut(n) {
+        let [scale] = rms_scales::<1>(row, n, eps);
+        for (v, &w) in row.iter_mut().zip(weight) {
+            *v = (*v * scale) * w;
+        }
+    }
+}
+
+dispatch!(
+    /// ggml's `rope_f32` on `x`'s rows of `row_len` values (heads of `head_dim`): row `i`
+    /// rotated by `table`'s row `i` (`n_rot` values: `cos, sin` per pair), the first `n_rot`
+    /// dimensions of each head in pairs `(2j, 2j+1)`, or `(j, j + n_rot/2)` when `neox`;
+    /// `x0·cos - x1·sin` and `x0·sin + x1·cos` with one fused multiply-add each, as GCC
+    /// contracts ggml's C.
+    fn rope / rope_fast = rope_body(x: &mut [f32], table: &[f32], row_len: usize, head_dim: usize, n_rot: usize, neox: bool) -> ()
+);
+
+#[inline(always)]
+fn rope_body(
+    x: &mut [f32],
+    table: &[f32],
+    row_len: usize,
+    head_dim: usize,
+    n_rot: usize,
+    neox: bool,
+) {
+    if row_len == 0 || head_dim == 0 || n_rot == 0 {
+        return;
+    }
+    let half = n_rot / 2;
+    for (row, cs) in x.chunks_exact_mut(row_len).zip(table.chunks_exact(n_rot)) {
+        for head in row.chunks_exact_mut(head_dim) {
+            if neox {
+                let (lo, hi) = head[..n_rot].split_at_mut(half);
+                for ((a, b), c) in lo.iter_mut().zip(hi.iter_mut()).zip(cs.chunks_exact(2)) {
+                    let (x0, x1) = (*a, *b);
+                    *a = x0.mul_add(c[0], -(x1 * c[1]));
+                    *b = x0.mul_add(c[1], x1 * c[0]);
+                }
+            } else {
+                for (pair, c) in head[..n_rot].chunks_exact_mut(2).zip(cs.chunks_exact(2)) {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0.mul_add(c[0], -(x1 * c[1]));
+                    pair[1] = x0.mul_add(c[1], x1 * c[0]);
+                }
+            }
+        }
+    }
+}
+
 // The f32-input dot product the attention kernel used before it read f16 rows directly;
 // kept as the reference [`dot_f16_bits`] is tested against.
 #[cfg(test)]

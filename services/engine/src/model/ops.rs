@@ -7,33 +7,42 @@ use super::pool::Pool;
 use crate::KvCacheType;
 
 /// RMS-normalises each `weight.len()`-wide row of `x` into `out`, then scales by `weight`.
-/// As ggml: the sum of squares in `f64`, `1/sqrt(mean + eps)` in `f32`.
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+/// As ggml: the sum of squares in `f64`, `1/sqrt(mean + eps)` in `f32`
+/// ([`ggml_math::rms_norm`]); rows shared out over the pool's threads when there are many.
+pub fn rms_norm(pool: &Pool, x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
-    for (row, out_row) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-        let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
-        #[allow(clippy::cast_possible_truncation)]
-        let mean = (sum / n as f64) as f32;
-        let scale = 1.0 / (mean + eps).sqrt();
-        for ((o, &v), &w) in out_row.iter_mut().zip(row).zip(weight) {
-            *o = (v * scale) * w;
-        }
-    }
+    by_rows(pool, n, out, &|first, out| {
+        let x = &x[first * n..first * n + out.len()];
+        ggml_math::rms_norm(x, weight, eps, out);
+    });
 }
 
 /// [`rms_norm`] of `x` into itself (same arithmetic: the row's scale is computed before any
 /// value of the row is overwritten).
-pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    let n = weight.len();
-    for row in x.chunks_exact_mut(n) {
-        let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
-        #[allow(clippy::cast_possible_truncation)]
-        let mean = (sum / n as f64) as f32;
-        let scale = 1.0 / (mean + eps).sqrt();
-        for (v, &w) in row.iter_mut().zip(weight) {
-            *v = (*v * scale) * w;
-        }
+pub fn rms_norm_in_place(pool: &Pool, x: &mut [f32], weight: &[f32], eps: f32) {
+    by_rows(pool, weight.len(), x, &|_, rows| {
+        ggml_math::rms_norm_in_place(rows, weight, eps);
+    });
+}
+
+/// Calls `f(first_row, rows)` on shares of whole `row_len`-wide rows of `data`, one share per
+/// pool thread when `data` has at least [`PARALLEL_MIN_ELEMENTS`] values and two rows,
+/// otherwise on all of it here. For row-by-row arithmetic each row's result is the same
+/// whichever thread computes it.
+fn by_rows(pool: &Pool, row_len: usize, data: &mut [f32], f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let rows = data.len() / row_len.max(1);
+    let threads = pool.threads();
+    if threads <= 1 || rows < 2 || data.len() < PARALLEL_MIN_ELEMENTS {
+        f(0, data);
+        return;
     }
+    let per = rows.div_ceil(threads);
+    let shares: Vec<(usize, &mut [f32])> = data
+        .chunks_mut(per * row_len)
+        .enumerate()
+        .map(|(i, share)| (i * per, share))
+        .collect();
+    pool.run_each(shares, |(first, share)| f(first, share));
 }
 
 /// `silu(gate) * up`, elementwise, into `gate`, with ggml's vector `expf`
@@ -235,9 +244,11 @@ impl RopeTable {
     }
 
     /// Rotates `x`: `rows` rows at positions `start..start + rows`, each of `n_heads` heads
-    /// of `head_dim` values. Positions must be in the table.
+    /// of `head_dim` values ([`ggml_math::rope`]), rows shared out over the pool's threads
+    /// when there are many. Positions must be in the table.
     pub fn apply(
         &self,
+        pool: &Pool,
         x: &mut [f32],
         start: usize,
         n_heads: usize,
@@ -245,30 +256,19 @@ impl RopeTable {
         style: RopeStyle,
     ) {
         let n_rot = self.n_rot;
-        let half = n_rot / 2;
-        for (i, row) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
-            let cs = &self.table[(start + i) * n_rot..(start + i + 1) * n_rot];
-            for head in row.chunks_exact_mut(head_dim) {
-                match style {
-                    RopeStyle::Interleaved => {
-                        for (pair, c) in head[..n_rot].chunks_exact_mut(2).zip(cs.chunks_exact(2)) {
-                            let (x0, x1) = (pair[0], pair[1]);
-                            pair[0] = x0.mul_add(c[0], -(x1 * c[1]));
-                            pair[1] = x0.mul_add(c[1], x1 * c[0]);
-                        }
-                    }
-                    RopeStyle::Neox => {
-                        let (lo, hi) = head[..n_rot].split_at_mut(half);
-                        for ((a, b), c) in lo.iter_mut().zip(hi.iter_mut()).zip(cs.chunks_exact(2))
-                        {
-                            let (x0, x1) = (*a, *b);
-                            *a = x0.mul_add(c[0], -(x1 * c[1]));
-                            *b = x0.mul_add(c[1], x1 * c[0]);
-                        }
-                    }
-                }
-            }
-        }
+        let row_len = n_heads * head_dim;
+        by_rows(pool, row_len, x, &|first, rows| {
+            let from = (start + first) * n_rot;
+            let table = &self.table[from..from + rows.len() / row_len.max(1) * n_rot];
+            ggml_math::rope(
+                rows,
+                table,
+                row_len,
+                head_dim,
+                n_rot,
+                style == RopeStyle::Neox,
+            );
+        });
     }
 }
 
@@ -1044,21 +1044,88 @@ mod tests {
         }
     }
 
+    /// The row-wise ops on three threads (37 rows: uneven shares) give, bit for bit, ggml's
+    /// arithmetic row by row in plain order: rms norm (into `out` and in place) and both
+    /// RoPE styles.
+    #[test]
+    fn row_ops_on_threads_equal_row_by_row() {
+        let mut rng = hearth_kernels::testing::Rng(0x0505_2026);
+        let (rows, n) = (37, 640);
+        let x = random(&mut rng, rows * n, 3.0);
+        let w = random(&mut rng, n, 1.0);
+        let eps = 1e-6;
+        let mut want = vec![0f32; rows * n];
+        for (row, o) in x.chunks_exact(n).zip(want.chunks_exact_mut(n)) {
+            let sum: f64 = row.iter().map(|&v| f64::from(v * v)).sum();
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            let scale = 1.0 / ((sum / n as f64) as f32 + eps).sqrt();
+            for ((o, &v), &w) in o.iter_mut().zip(row).zip(&w) {
+                *o = (v * scale) * w;
+            }
+        }
+        let pool = Pool::new(3).unwrap();
+        let mut got = vec![f32::NAN; rows * n];
+        rms_norm(&pool, &x, &w, eps, &mut got);
+        assert!(
+            got.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+        let mut in_place = x.clone();
+        rms_norm_in_place(&pool, &mut in_place, &w, eps);
+        assert!(
+            in_place
+                .iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        );
+
+        let (head_dim, n_rot, start) = (64, 48, 5);
+        let mut t = RopeTable::new(n_rot, 10_000.0, 1.0);
+        t.ensure(start + rows);
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let mut want = x.clone();
+            for (i, row) in want.chunks_exact_mut(n).enumerate() {
+                let cs = &t.table[(start + i) * n_rot..(start + i + 1) * n_rot];
+                for head in row.chunks_exact_mut(head_dim) {
+                    for (j, c) in cs.chunks_exact(2).enumerate() {
+                        let (a, b) = match style {
+                            RopeStyle::Interleaved => (2 * j, 2 * j + 1),
+                            RopeStyle::Neox => (j, j + n_rot / 2),
+                        };
+                        let (x0, x1) = (head[a], head[b]);
+                        head[a] = x0.mul_add(c[0], -(x1 * c[1]));
+                        head[b] = x0.mul_add(c[1], x1 * c[0]);
+                    }
+                }
+            }
+            let mut got = x.clone();
+            t.apply(&pool, &mut got, start, n / head_dim, head_dim, style);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{style:?}"
+            );
+        }
+    }
+
     #[test]
     fn rope_styles_rotate_the_right_pairs() {
+        let pool = Pool::new(1).unwrap();
         let mut t = RopeTable::new(4, 10_000.0, 1.0);
         t.ensure(2);
         let x0 = [1.0f32, 2.0, 3.0, 4.0];
         let mut a = x0;
-        t.apply(&mut a, 0, 1, 4, RopeStyle::Interleaved);
+        t.apply(&pool, &mut a, 0, 1, 4, RopeStyle::Interleaved);
         assert_eq!(a, x0, "position 0 is the identity");
         let mut a = x0;
-        t.apply(&mut a, 1, 1, 4, RopeStyle::Interleaved);
+        t.apply(&pool, &mut a, 1, 1, 4, RopeStyle::Interleaved);
         let (c, s) = (1f32.cos(), 1f32.sin());
         assert!((a[0] - (1.0 * c - 2.0 * s)).abs() < 1e-6);
         assert!((a[1] - (1.0 * s + 2.0 * c)).abs() < 1e-6);
         let mut b = x0;
-        t.apply(&mut b, 1, 1, 4, RopeStyle::Neox);
+        t.apply(&pool, &mut b, 1, 1, 4, RopeStyle::Neox);
         assert!((b[0] - (1.0 * c - 3.0 * s)).abs() < 1e-6);
         assert!((b[2] - (1.0 * s + 3.0 * c)).abs() < 1e-6);
     }

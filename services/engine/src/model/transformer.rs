@@ -287,7 +287,13 @@ impl Transformer {
                 ),
                 _ => (&self.rope, full),
             };
-            ops::rms_norm(&hidden, &layer.attn_norm, hp.rms_eps, &mut normed);
+            ops::rms_norm(
+                &self.pool,
+                &hidden,
+                &layer.attn_norm,
+                hp.rms_eps,
+                &mut normed,
+            );
             let [mut q, mut k, mut v] = take(matmul_shared(
                 &self.pool,
                 &[&layer.wq, &layer.wk, &layer.wv],
@@ -304,13 +310,27 @@ impl Transformer {
                 }
             }
             if let Some(w) = &layer.q_norm {
-                ops::rms_norm_in_place(&mut q, w, hp.rms_eps);
+                ops::rms_norm_in_place(&self.pool, &mut q, w, hp.rms_eps);
             }
             if let Some(w) = &layer.k_norm {
-                ops::rms_norm_in_place(&mut k, w, hp.rms_eps);
+                ops::rms_norm_in_place(&self.pool, &mut k, w, hp.rms_eps);
             }
-            rope.apply(&mut q, start_pos, hp.n_head, hp.head_dim, hp.rope_style);
-            rope.apply(&mut k, start_pos, hp.n_head_kv, hp.head_dim, hp.rope_style);
+            rope.apply(
+                &self.pool,
+                &mut q,
+                start_pos,
+                hp.n_head,
+                hp.head_dim,
+                hp.rope_style,
+            );
+            rope.apply(
+                &self.pool,
+                &mut k,
+                start_pos,
+                hp.n_head_kv,
+                hp.head_dim,
+                hp.rope_style,
+            );
             if let Some(s) = hp.query_scale {
                 ops::scale(&mut q, s);
             }
@@ -325,13 +345,19 @@ impl Transformer {
                 m = 1;
             }
             if let Some(w) = &layer.attn_post_norm {
-                ops::rms_norm_in_place(&mut o, w, hp.rms_eps);
+                ops::rms_norm_in_place(&self.pool, &mut o, w, hp.rms_eps);
             }
             for (h, o) in hidden.iter_mut().zip(&o) {
                 *h += o;
             }
 
-            ops::rms_norm(&hidden, &layer.ffn_norm, hp.rms_eps, &mut normed);
+            ops::rms_norm(
+                &self.pool,
+                &hidden,
+                &layer.ffn_norm,
+                hp.rms_eps,
+                &mut normed,
+            );
             let [mut gate, up] = take(matmul_shared(
                 &self.pool,
                 &[&layer.gate, &layer.up],
@@ -344,7 +370,7 @@ impl Transformer {
             }
             let mut down = layer.down.matmul(&self.pool, &gate, m)?;
             if let Some(w) = &layer.ffn_post_norm {
-                ops::rms_norm_in_place(&mut down, w, hp.rms_eps);
+                ops::rms_norm_in_place(&self.pool, &mut down, w, hp.rms_eps);
             }
             for (h, d) in hidden.iter_mut().zip(&down) {
                 *h += d;
@@ -353,7 +379,13 @@ impl Transformer {
         self.cached = start_pos + rows;
         let last = &hidden[(m - 1) * hp.n_embd..];
         let mut last_normed = vec![0f32; hp.n_embd];
-        ops::rms_norm(last, &self.output_norm, hp.rms_eps, &mut last_normed);
+        ops::rms_norm(
+            &self.pool,
+            last,
+            &self.output_norm,
+            hp.rms_eps,
+            &mut last_normed,
+        );
         let mut logits = self.output.matmul(&self.pool, &last_normed, 1)?;
         if let Some(cap) = hp.final_logit_softcap {
             ops::softcap(&mut logits, cap);
