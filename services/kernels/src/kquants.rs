@@ -193,6 +193,23 @@ impl BlockQ8K {
         out.d = 1.0 / iscale;
         out
     }
+
+    /// [`BlockQ8K::quantize`] with the version of the kernels `isa` names: with AVX-512
+    /// ([`Isa::Avx512`]) sixteen values to a register (the same bits: the same maximum, the
+    /// same products and rounding, NaN treated as the scalar code treats it), elsewhere the
+    /// scalar code.
+    pub fn quantize_on(isa: Isa, x: &[f32]) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512
+            && let Ok(x) = <&[f32; QK_K]>::try_from(x)
+        {
+            // SAFETY: `Isa::detect` returns `Isa::Avx512` only after `is_x86_feature_detected!`
+            // reported AVX2, FMA and AVX-512 F, BW, VL and VNNI.
+            return unsafe { x86::quantize_q8k(x) };
+        }
+        let _ = isa;
+        Self::quantize(x)
+    }
 }
 
 /// One weight row of a K-quant format, borrowed.
@@ -398,11 +415,13 @@ mod x86 {
     };
 
     use std::arch::x86_64::{
-        __m512, __m512i, _mm512_add_epi32, _mm512_broadcast_i32x4, _mm512_broadcast_i64x4,
-        _mm512_cvtepi32_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
-        _mm512_madd_epi16, _mm512_maddubs_epi16, _mm512_mul_ps, _mm512_set1_epi16, _mm512_set1_ps,
+        __m512, __m512i, _mm_storeu_si128, _mm512_abs_ps, _mm512_add_epi32, _mm512_add_ps,
+        _mm512_broadcast_i32x4, _mm512_broadcast_i64x4, _mm512_cvtepi32_epi8, _mm512_cvtepi32_ps,
+        _mm512_cvtps_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512,
+        _mm512_madd_epi16, _mm512_maddubs_epi16, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps,
+        _mm512_reduce_add_epi32, _mm512_reduce_max_ps, _mm512_set1_epi16, _mm512_set1_ps,
         _mm512_setzero_ps, _mm512_setzero_si512, _mm512_slli_epi32, _mm512_storeu_ps,
-        _mm512_sub_epi32,
+        _mm512_sub_epi32, _mm512_sub_ps,
     };
 
     use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, hsum8, min_sum};
@@ -696,6 +715,53 @@ mod x86 {
                 out[r] = hsum8(l);
             }
         }
+    }
+
+    /// [`BlockQ8K::quantize`] on 512-bit registers. The maximum magnitude skips NaN as the
+    /// scalar `>` does (`vmaxps` returns its second operand, the running maximum, when the
+    /// first is NaN); the value that sets the scale is the first with that magnitude, as in
+    /// the scalar loop; `vminps` against 127 returns 127 for NaN, as `f32::min` does.
+    #[allow(clippy::cast_possible_truncation)]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn quantize_q8k(x: &[f32; 256]) -> BlockQ8K {
+        let mut out = BlockQ8K {
+            d: 0.0,
+            qs: [0; 256],
+            bsums: [0; 16],
+        };
+        // SAFETY: every load reads 16 of `x`'s 256 values; every store writes 16 of `qs`.
+        unsafe {
+            let mut m = _mm512_setzero_ps();
+            for c in x.chunks_exact(16) {
+                m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(c.as_ptr())), m);
+            }
+            let amax = _mm512_reduce_max_ps(m);
+            if amax == 0.0 {
+                return out;
+            }
+            let Some(&max) = x.iter().find(|v| v.abs() == amax) else {
+                return out;
+            };
+            let iscale = -127.0 / max;
+            let (scale, magic, top) = (
+                _mm512_set1_ps(iscale),
+                _mm512_set1_ps(12_582_912.0),
+                _mm512_set1_ps(127.0),
+            );
+            for ((c, q), s) in x
+                .chunks_exact(16)
+                .zip(out.qs.chunks_exact_mut(16))
+                .zip(out.bsums.iter_mut())
+            {
+                let v = _mm512_mul_ps(scale, _mm512_loadu_ps(c.as_ptr()));
+                let r = _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+                let i = _mm512_cvtps_epi32(_mm512_min_ps(r, top));
+                _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(i));
+                *s = _mm512_reduce_add_epi32(i) as i16;
+            }
+            out.d = 1.0 / iscale;
+        }
+        out
     }
 
     /// Lanes 0..8 and 8..16 of `acc`, each reduced as `hsum_float_8`.
@@ -1221,6 +1287,40 @@ mod tests {
         assert_eq!(q.qs[7], -127);
         assert!(q.d < 0.0);
         assert!(BlockQ8K::quantize(&[0.0; QK_K]).qs.iter().all(|&v| v == 0));
+    }
+
+    /// [`BlockQ8K::quantize_on`] gives every version's bits: random blocks, an all-zero one,
+    /// a negative and a positive extreme, ties of magnitude, and NaN.
+    #[test]
+    fn q8k_quantization_versions_agree() {
+        let mut rng = Rng(0x00c0_ffee);
+        let mut blocks: Vec<Vec<f32>> = (0..20)
+            .map(|i| {
+                #[allow(clippy::cast_precision_loss)]
+                let amp = (i + 1) as f32 * 0.7;
+                (0..QK_K).map(|_| rng.unit() * amp).collect()
+            })
+            .collect();
+        blocks.push(vec![0.0; QK_K]);
+        let mut ties: Vec<f32> = (0..QK_K).map(|_| rng.unit()).collect();
+        (ties[3], ties[9]) = (2.0, -2.0);
+        blocks.push(ties.clone());
+        (ties[3], ties[9]) = (-2.0, 2.0);
+        blocks.push(ties.clone());
+        ties[100] = f32::NAN;
+        blocks.push(ties);
+        let mut nan_first: Vec<f32> = (0..QK_K).map(|_| rng.unit()).collect();
+        nan_first[0] = f32::NAN;
+        blocks.push(nan_first);
+        for (b, x) in blocks.iter().enumerate() {
+            let want = BlockQ8K::quantize(x);
+            for isa in isas() {
+                let got = BlockQ8K::quantize_on(isa, x);
+                assert_eq!(got.d.to_bits(), want.d.to_bits(), "{isa:?} block {b}");
+                assert_eq!(got.qs, want.qs, "{isa:?} block {b}");
+                assert_eq!(got.bsums, want.bsums, "{isa:?} block {b}");
+            }
+        }
     }
 
     /// Every format and compiled version against the f64 reference, odd block and row counts.

@@ -648,7 +648,7 @@ pub fn matmul_shared(pool: &Pool, mats: &[&QMatrix], x: &[f32], m: usize) -> Res
         if k.is_multiple_of(QK_K) && mats.iter().any(|w| matches!(w.kernel, Kernel::K(_))) {
             by_row_shares(pool, x, k, |rows| {
                 rows.chunks_exact(QK_K)
-                    .map(BlockQ8K::quantize)
+                    .map(|block| BlockQ8K::quantize_on(isa(), block))
                     .collect::<Vec<_>>()
             })
             .concat()
