@@ -406,6 +406,74 @@ fn accumulate_values_body(p: &[f32], values: &[f32], out: &mut [f32]) {
     }
 }
 
+/// Query rows per call of [`tile_scores_rows`] and [`accumulate_values_rows`].
+pub const TILE_QUERIES: usize = 4;
+
+/// [`tile_scores`] for [`TILE_QUERIES`] query rows against the same keys: with AVX-512 each
+/// loaded key vector serves every row ([`wide::tile_scores`]), otherwise row by row. Each
+/// score's chain is the same, so are the bits.
+pub fn tile_scores_rows(
+    qs: [&[f32]; TILE_QUERIES],
+    keys_t: &[f32],
+    scale: f32,
+    scores: [&mut [f32]; TILE_QUERIES],
+) {
+    let n = scores[0].len();
+    let dims = qs[0].len();
+    #[cfg(target_arch = "x86_64")]
+    if avx512()
+        && n % 16 == 0
+        && keys_t.len() >= dims * n
+        && qs.iter().all(|q| q.len() == dims)
+        && scores.iter().all(|s| s.len() == n)
+    {
+        // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (checked at run time just above).
+        return unsafe { wide::tile_scores(qs, keys_t, scale, scores) };
+    }
+    for (q, s) in qs.into_iter().zip(scores) {
+        tile_scores(q, keys_t, scale, s);
+    }
+}
+
+/// [`accumulate_values`] for [`TILE_QUERIES`] rows of weights and outputs against the same
+/// values: with AVX-512 each loaded value vector serves every row
+/// ([`wide::accumulate_values`]), otherwise row by row. Each element's chain is the same, so
+/// are the bits.
+pub fn accumulate_values_rows(
+    ps: [&[f32]; TILE_QUERIES],
+    values: &[f32],
+    outs: [&mut [f32]; TILE_QUERIES],
+) {
+    let n = outs[0].len();
+    let t = ps[0].len();
+    #[cfg(target_arch = "x86_64")]
+    if avx512()
+        && n % 16 == 0
+        && values.len() >= t * n
+        && ps.iter().all(|p| p.len() == t)
+        && outs.iter().all(|o| o.len() == n)
+    {
+        // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (checked at run time just above).
+        return unsafe { wide::accumulate_values(ps, values, outs) };
+    }
+    for (p, o) in ps.into_iter().zip(outs) {
+        accumulate_values(p, values, o);
+    }
+}
+
+/// Whether this CPU runs the AVX-512 versions in [`wide`] (AVX-512 F with AVX2 and FMA).
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *HAS.get_or_init(|| fma() && std::arch::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 // The f32-input multiply-add the attention kernel used before it read f16 rows directly;
 // kept as the reference [`mad_f16_bits`] is tested against.
 #[cfg(test)]
@@ -705,6 +773,136 @@ mod blocked {
     }
 }
 
+/// The attention tile kernels for [`TILE_QUERIES`] query rows on 512-bit registers: 64
+/// columns (four registers) for each of the four rows stay in registers for a whole chain,
+/// and each loaded key or value vector feeds the four rows' fused multiply-adds.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm512_storeu_ps,
+    };
+
+    use super::TILE_QUERIES as Q;
+
+    /// [`super::tile_scores_rows`] (the caller checked: `n` a multiple of 16, `keys_t` holds
+    /// `dims` rows of `n`, every query `dims` long, every score row `n` long).
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub unsafe fn tile_scores(
+        qs: [&[f32]; Q],
+        keys_t: &[f32],
+        scale: f32,
+        scores: [&mut [f32]; Q],
+    ) {
+        let n = scores[0].len();
+        let mut scores = scores;
+        let mut c = 0;
+        while c + 64 <= n {
+            // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (this function's contract).
+            unsafe { scores_block::<4>(&qs, keys_t, scale, &mut scores, c) };
+            c += 64;
+        }
+        while c + 16 <= n {
+            // SAFETY: as above.
+            unsafe { scores_block::<1>(&qs, keys_t, scale, &mut scores, c) };
+            c += 16;
+        }
+    }
+
+    /// Columns `c..c + 16R` of [`tile_scores`] for the four rows.
+    #[inline(always)]
+    unsafe fn scores_block<const R: usize>(
+        qs: &[&[f32]; Q],
+        keys_t: &[f32],
+        scale: f32,
+        scores: &mut [&mut [f32]; Q],
+        c: usize,
+    ) {
+        let n = scores[0].len();
+        let dims = qs[0].len();
+        // SAFETY: the caller's CPU has AVX-512 F; every load and store below reads or writes
+        // 16 f32 inside a slice of `16R` values.
+        unsafe {
+            let mut acc: [[__m512; R]; Q] = [[_mm512_setzero_ps(); R]; Q];
+            for (d, row) in keys_t.chunks_exact(n).take(dims).enumerate() {
+                let block = &row[c..c + 16 * R];
+                let k: [__m512; R] =
+                    std::array::from_fn(|r| _mm512_loadu_ps(block[16 * r..].as_ptr()));
+                for (acc, q) in acc.iter_mut().zip(qs) {
+                    let qv = _mm512_set1_ps(q[d]);
+                    for (a, k) in acc.iter_mut().zip(&k) {
+                        *a = _mm512_fmadd_ps(*k, qv, *a);
+                    }
+                }
+            }
+            let sv = _mm512_set1_ps(scale);
+            for (acc, s) in acc.iter().zip(scores.iter_mut()) {
+                let out = &mut s[c..c + 16 * R];
+                for (r, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out[16 * r..].as_mut_ptr(), _mm512_mul_ps(*a, sv));
+                }
+            }
+        }
+    }
+
+    /// [`super::accumulate_values_rows`] (the caller checked: `n` a multiple of 16, `values`
+    /// holds `t` rows of `n`, every weight row `t` long, every output `n` long).
+    #[target_feature(enable = "avx2,fma,avx512f")]
+    pub unsafe fn accumulate_values(ps: [&[f32]; Q], values: &[f32], outs: [&mut [f32]; Q]) {
+        let n = outs[0].len();
+        let mut outs = outs;
+        let mut c = 0;
+        while c + 64 <= n {
+            // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (this function's contract).
+            unsafe { values_block::<4>(&ps, values, &mut outs, c) };
+            c += 64;
+        }
+        while c + 16 <= n {
+            // SAFETY: as above.
+            unsafe { values_block::<1>(&ps, values, &mut outs, c) };
+            c += 16;
+        }
+    }
+
+    /// Elements `c..c + 16R` of [`accumulate_values`] for the four rows.
+    #[inline(always)]
+    unsafe fn values_block<const R: usize>(
+        ps: &[&[f32]; Q],
+        values: &[f32],
+        outs: &mut [&mut [f32]; Q],
+        c: usize,
+    ) {
+        let n = outs[0].len();
+        let t = ps[0].len();
+        // SAFETY: the caller's CPU has AVX-512 F; every load and store below reads or writes
+        // 16 f32 inside a slice of `16R` values.
+        unsafe {
+            let mut acc: [[__m512; R]; Q] = [[_mm512_setzero_ps(); R]; Q];
+            for (acc, o) in acc.iter_mut().zip(outs.iter()) {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(o[c + 16 * r..].as_ptr());
+                }
+            }
+            for (j, row) in values.chunks_exact(n).take(t).enumerate() {
+                let block = &row[c..c + 16 * R];
+                let v: [__m512; R] =
+                    std::array::from_fn(|r| _mm512_loadu_ps(block[16 * r..].as_ptr()));
+                for (acc, p) in acc.iter_mut().zip(ps) {
+                    let wv = _mm512_set1_ps(p[j]);
+                    for (a, v) in acc.iter_mut().zip(&v) {
+                        *a = _mm512_fmadd_ps(*v, wv, *a);
+                    }
+                }
+            }
+            for (acc, o) in acc.iter().zip(outs.iter_mut()) {
+                for (r, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(o[c + 16 * r..].as_mut_ptr(), *a);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 // Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
 #[allow(unused_unsafe)]
@@ -985,6 +1183,51 @@ mod tests {
                 accumulate_values(&q, &keys_t, &mut a);
                 accumulate_values_body(&q, &keys_t, &mut b);
                 assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+    }
+
+    /// The four-row tile kernels give each row the bits of its plain body: widths of whole
+    /// 64-column blocks, 16-column blocks and neither (row-by-row fallback), zero to 257
+    /// dimensions.
+    #[test]
+    fn four_row_tile_kernels_agree_with_bodies() {
+        let mut rng = hearth_kernels::testing::Rng(0x0f0e_4a11);
+        let mut next = || rng.unit() * 4.0 - 2.0;
+        for cols in [16, 48, 64, 80, 256, 9] {
+            for dims in [0, 1, 5, 64, 256, 257] {
+                let qs: Vec<Vec<f32>> = (0..TILE_QUERIES)
+                    .map(|_| (0..dims).map(|_| next()).collect())
+                    .collect();
+                let keys_t: Vec<f32> = (0..dims * cols).map(|_| next()).collect();
+                let mut got = vec![vec![9f32; cols]; TILE_QUERIES];
+                let [g0, g1, g2, g3] = &mut got[..] else {
+                    unreachable!("four rows")
+                };
+                tile_scores_rows(
+                    [&qs[0], &qs[1], &qs[2], &qs[3]],
+                    &keys_t,
+                    0.0625,
+                    [g0, g1, g2, g3],
+                );
+                for (q, g) in qs.iter().zip(&got) {
+                    let mut want = vec![9f32; cols];
+                    tile_scores_body(q, &keys_t, 0.0625, &mut want);
+                    assert!(g.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
+                let init: Vec<Vec<f32>> = (0..TILE_QUERIES)
+                    .map(|_| (0..cols).map(|_| next()).collect())
+                    .collect();
+                let mut got = init.clone();
+                let [g0, g1, g2, g3] = &mut got[..] else {
+                    unreachable!("four rows")
+                };
+                accumulate_values_rows([&qs[0], &qs[1], &qs[2], &qs[3]], &keys_t, [g0, g1, g2, g3]);
+                for ((q, g), init) in qs.iter().zip(&got).zip(init) {
+                    let mut want = init;
+                    accumulate_values_body(q, &keys_t, &mut want);
+                    assert!(g.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
+                }
             }
         }
     }

@@ -539,6 +539,8 @@ const PARALLEL_MIN_WORK: usize = 1 << 15;
 const TILED_MIN_ROWS: usize = 64;
 /// Key/value positions per tile of the tiled kernel.
 const KV_TILE: usize = 64;
+
+use ggml_math::TILE_QUERIES;
 /// KV length (llama.cpp pads it to multiples of 256) from which a single-row query is split
 /// into two halves that are reduced afterwards (llama.cpp's split-KV decode, two threads).
 const SPLIT_KV_MIN: usize = 512;
@@ -899,7 +901,7 @@ fn attend_tiled(mut rows: Vec<TiledRow<'_>>, kv: KvHead<'_>, scale: f32) {
     let mut keys_t = vec![0f32; head_dim * KV_TILE];
     let mut values = vec![0f32; KV_TILE * head_dim];
     let mut key = vec![0f32; head_dim];
-    let mut scores = vec![0f32; KV_TILE];
+    let mut scores = vec![0f32; TILE_QUERIES * KV_TILE];
     for tile in (lo - lo % KV_TILE..hi).step_by(KV_TILE) {
         let (first_all, end_all) = (tile.max(lo), (tile + KV_TILE).min(hi));
         keys_t.fill(0.0);
@@ -912,30 +914,52 @@ fn attend_tiled(mut rows: Vec<TiledRow<'_>>, kv: KvHead<'_>, scale: f32) {
             }
             ggml_math::f16_to_f32_slice(kv.v(j), &mut values[t * head_dim..(t + 1) * head_dim]);
         }
-        for row in rows
+        let mut active: Vec<&mut TiledRow<'_>> = rows
             .iter_mut()
             .filter(|r| tile < r.range.end && tile + KV_TILE > r.range.start)
-        {
-            let first = tile.max(row.range.start);
-            let end = (tile + KV_TILE).min(row.range.end);
-            ggml_math::tile_scores(row.q, &keys_t, scale, &mut scores);
-            scores[..first - tile].fill(f32::NEG_INFINITY);
-            scores[end - tile..].fill(f32::NEG_INFINITY);
-            let tile_max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let new_max = row.max.max(tile_max);
-            if new_max > row.max {
-                let ms = (row.max - new_max).exp();
-                row.o.iter_mut().for_each(|v| *v *= ms);
-                row.sum *= ms;
+            .collect();
+        // Rows in groups of TILE_QUERIES: each widened key and value serves the group.
+        for group in active.chunks_mut(TILE_QUERIES) {
+            let mut tile_scores: Vec<&mut [f32]> = scores.chunks_exact_mut(KV_TILE).collect();
+            let tile_scores = &mut tile_scores[..group.len()];
+            if let ([a, b, c, d], [s0, s1, s2, s3]) = (&*group, &mut *tile_scores) {
+                ggml_math::tile_scores_rows([a.q, b.q, c.q, d.q], &keys_t, scale, [s0, s1, s2, s3]);
+            } else {
+                for (row, s) in group.iter().zip(tile_scores.iter_mut()) {
+                    ggml_math::tile_scores(row.q, &keys_t, scale, s);
+                }
             }
-            row.max = new_max;
-            let tile_sum = ggml_math::soft_max(&mut scores, row.max);
-            // ggml adds the f64 tile sum to its f32 running sum in f64.
-            #[allow(clippy::cast_possible_truncation)]
-            {
-                row.sum = (f64::from(row.sum) + tile_sum) as f32;
+            for (row, scores) in group.iter_mut().zip(tile_scores.iter_mut()) {
+                let first = tile.max(row.range.start);
+                let end = (tile + KV_TILE).min(row.range.end);
+                scores[..first - tile].fill(f32::NEG_INFINITY);
+                scores[end - tile..].fill(f32::NEG_INFINITY);
+                let tile_max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+                let new_max = row.max.max(tile_max);
+                if new_max > row.max {
+                    let ms = (row.max - new_max).exp();
+                    row.o.iter_mut().for_each(|v| *v *= ms);
+                    row.sum *= ms;
+                }
+                row.max = new_max;
+                let tile_sum = ggml_math::soft_max(scores, row.max);
+                // ggml adds the f64 tile sum to its f32 running sum in f64.
+                #[allow(clippy::cast_possible_truncation)]
+                {
+                    row.sum = (f64::from(row.sum) + tile_sum) as f32;
+                }
             }
-            ggml_math::accumulate_values(&scores, &values, row.o);
+            if let ([a, b, c, d], [s0, s1, s2, s3]) = (&mut *group, &*tile_scores) {
+                ggml_math::accumulate_values_rows(
+                    [s0, s1, s2, s3],
+                    &values,
+                    [&mut *a.o, &mut *b.o, &mut *c.o, &mut *d.o],
+                );
+            } else {
+                for (row, s) in group.iter_mut().zip(tile_scores.iter()) {
+                    ggml_math::accumulate_values(s, &values, row.o);
+                }
+            }
         }
     }
     for row in rows {
