@@ -422,7 +422,7 @@ pub fn tile_scores_rows(
     let dims = qs[0].len();
     #[cfg(target_arch = "x86_64")]
     if avx512()
-        && n % 16 == 0
+        && n.is_multiple_of(16)
         && keys_t.len() >= dims * n
         && qs.iter().all(|q| q.len() == dims)
         && scores.iter().all(|s| s.len() == n)
@@ -448,7 +448,7 @@ pub fn accumulate_values_rows(
     let t = ps[0].len();
     #[cfg(target_arch = "x86_64")]
     if avx512()
-        && n % 16 == 0
+        && n.is_multiple_of(16)
         && values.len() >= t * n
         && ps.iter().all(|p| p.len() == t)
         && outs.iter().all(|o| o.len() == n)
