@@ -425,6 +425,16 @@ pub(crate) mod x86 {
             (format, row)
         }
 
+        /// Whether the arrays format `F` reads hold `nb` blocks.
+        fn has_blocks<const F: u8>(&self, nb: usize) -> bool {
+            match F {
+                Q4_0 => self.nib.len() >= nb,
+                Q4_1 => self.nib.len() >= nb && self.m.len() >= nb,
+                Q5_0 => self.nib.len() >= nb && self.qh.len() >= nb,
+                _ => self.q8.len() >= nb,
+            }
+        }
+
         /// Row `r` of a run of rows of `nb` blocks each (arrays the format lacks stay empty).
         fn nth(&self, r: usize, nb: usize) -> Self {
             fn part<T>(v: &[T], r: usize, nb: usize) -> &[T] {
@@ -776,13 +786,7 @@ pub(crate) mod x86 {
     unsafe fn panel_format<const F: u8>(w: &Row<'_>, panel: &[PanelBlock], out: &mut [f32; 8]) {
         let unsigned = F == Q4_1;
         let nb = w.d.len();
-        assert!(panel.len() == nb);
-        assert!(match F {
-            Q4_0 => w.nib.len() >= nb,
-            Q4_1 => w.nib.len() >= nb && w.m.len() >= nb,
-            Q5_0 => w.nib.len() >= nb && w.qh.len() >= nb,
-            _ => w.q8.len() >= nb,
-        });
+        assert!(panel.len() == nb && w.has_blocks::<F>(nb));
         // SAFETY: every load reads a whole array of the panel block or the weight row (block
         // indices checked above); the stores write `[f32; 8]`s.
         unsafe {
@@ -905,13 +909,7 @@ pub(crate) mod x86 {
         let unsigned = F == Q4_1;
         let nb = panel.len();
         for w in ws {
-            assert!(w.d.len() == nb);
-            assert!(match F {
-                Q4_0 => w.nib.len() >= nb,
-                Q4_1 => w.nib.len() >= nb && w.m.len() >= nb,
-                Q5_0 => w.nib.len() >= nb && w.qh.len() >= nb,
-                _ => w.q8.len() >= nb,
-            });
+            assert!(w.d.len() == nb && w.has_blocks::<F>(nb));
         }
         // SAFETY: every load reads whole arrays of the panel block (a pair of rows is 64
         // contiguous bytes of `qs`) or of the weight rows (block indices checked above); the

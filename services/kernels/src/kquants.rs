@@ -1228,6 +1228,20 @@ mod tests {
         b
     }
 
+    /// `blocks` random super-blocks of each weight format.
+    fn weights(rng: &mut Rng, blocks: usize) -> (Vec<BlockQ4K>, Vec<BlockQ5K>, Vec<BlockQ6K>) {
+        let q4 = (0..blocks)
+            .map(|_| BlockQ4K::parse(&raw_q4k(rng)))
+            .collect();
+        let q5 = (0..blocks)
+            .map(|_| BlockQ5K::parse(&raw_q5k(rng)))
+            .collect();
+        let q6 = (0..blocks)
+            .map(|_| BlockQ6K::parse(&raw_q6k(rng)))
+            .collect();
+        (q4, q5, q6)
+    }
+
     fn acts(rng: &mut Rng, blocks: usize) -> Vec<BlockQ8K> {
         (0..blocks)
             .map(|_| {
@@ -1329,15 +1343,7 @@ mod tests {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         for blocks in [1usize, 2, 3, 5] {
             for n_acts in [1usize, 3, 4, 7] {
-                let q4: Vec<BlockQ4K> = (0..blocks)
-                    .map(|_| BlockQ4K::parse(&raw_q4k(&mut rng)))
-                    .collect();
-                let q5: Vec<BlockQ5K> = (0..blocks)
-                    .map(|_| BlockQ5K::parse(&raw_q5k(&mut rng)))
-                    .collect();
-                let q6: Vec<BlockQ6K> = (0..blocks)
-                    .map(|_| BlockQ6K::parse(&raw_q6k(&mut rng)))
-                    .collect();
+                let (q4, q5, q6) = weights(&mut rng, blocks);
                 let a: Vec<Vec<BlockQ8K>> = (0..n_acts).map(|_| acts(&mut rng, blocks)).collect();
                 let rows: Vec<&[BlockQ8K]> = a.iter().map(Vec::as_slice).collect();
                 let formats = [
@@ -1378,15 +1384,7 @@ mod tests {
     fn intrinsics_equal_the_fused_portable_body() {
         let mut rng = Rng(0xdead_beef);
         for blocks in [1usize, 3, 4] {
-            let q4: Vec<BlockQ4K> = (0..blocks)
-                .map(|_| BlockQ4K::parse(&raw_q4k(&mut rng)))
-                .collect();
-            let q5: Vec<BlockQ5K> = (0..blocks)
-                .map(|_| BlockQ5K::parse(&raw_q5k(&mut rng)))
-                .collect();
-            let q6: Vec<BlockQ6K> = (0..blocks)
-                .map(|_| BlockQ6K::parse(&raw_q6k(&mut rng)))
-                .collect();
+            let (q4, q5, q6) = weights(&mut rng, blocks);
             let a: Vec<Vec<BlockQ8K>> = (0..5).map(|_| acts(&mut rng, blocks)).collect();
             let rows: Vec<&[BlockQ8K]> = a.iter().map(Vec::as_slice).collect();
             for w in [
@@ -1423,15 +1421,7 @@ mod tests {
     fn kpanels_equal_the_fused_portable_body() {
         let mut rng = Rng(0x0b5e_55ed);
         for blocks in [1usize, 3, 4] {
-            let q4: Vec<BlockQ4K> = (0..blocks)
-                .map(|_| BlockQ4K::parse(&raw_q4k(&mut rng)))
-                .collect();
-            let q5: Vec<BlockQ5K> = (0..blocks)
-                .map(|_| BlockQ5K::parse(&raw_q5k(&mut rng)))
-                .collect();
-            let q6: Vec<BlockQ6K> = (0..blocks)
-                .map(|_| BlockQ6K::parse(&raw_q6k(&mut rng)))
-                .collect();
+            let (q4, q5, q6) = weights(&mut rng, blocks);
             let a: Vec<Vec<BlockQ8K>> = (0..KPANEL_ROWS)
                 .map(|_| acts(&mut rng, blocks + 1))
                 .collect();

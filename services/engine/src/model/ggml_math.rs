@@ -418,15 +418,8 @@ pub fn tile_scores_rows(
     scale: f32,
     scores: [&mut [f32]; TILE_QUERIES],
 ) {
-    let n = scores[0].len();
-    let dims = qs[0].len();
     #[cfg(target_arch = "x86_64")]
-    if avx512()
-        && n.is_multiple_of(16)
-        && keys_t.len() >= dims * n
-        && qs.iter().all(|q| q.len() == dims)
-        && scores.iter().all(|s| s.len() == n)
-    {
+    if wide_fits(&qs, &scores, keys_t) {
         // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (checked at run time just above).
         return unsafe { wide::tile_scores(qs, keys_t, scale, scores) };
     }
@@ -444,15 +437,8 @@ pub fn accumulate_values_rows(
     values: &[f32],
     outs: [&mut [f32]; TILE_QUERIES],
 ) {
-    let n = outs[0].len();
-    let t = ps[0].len();
     #[cfg(target_arch = "x86_64")]
-    if avx512()
-        && n.is_multiple_of(16)
-        && values.len() >= t * n
-        && ps.iter().all(|p| p.len() == t)
-        && outs.iter().all(|o| o.len() == n)
-    {
+    if wide_fits(&ps, &outs, values) {
         // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (checked at run time just above).
         return unsafe { wide::accumulate_values(ps, values, outs) };
     }
@@ -461,17 +447,28 @@ pub fn accumulate_values_rows(
     }
 }
 
+/// Whether the four-row kernels in [`wide`] run for these shapes: the CPU has AVX-512, the
+/// outputs are a whole number of 16-lane registers wide and all as wide, the inputs all as
+/// long, and `matrix` holds an input's length of output-wide rows.
+#[cfg(target_arch = "x86_64")]
+fn wide_fits(
+    inputs: &[&[f32]; TILE_QUERIES],
+    outputs: &[&mut [f32]; TILE_QUERIES],
+    matrix: &[f32],
+) -> bool {
+    let (len, n) = (inputs[0].len(), outputs[0].len());
+    avx512()
+        && n.is_multiple_of(16)
+        && matrix.len() >= len * n
+        && inputs.iter().all(|i| i.len() == len)
+        && outputs.iter().all(|o| o.len() == n)
+}
+
 /// Whether this CPU runs the AVX-512 versions in [`wide`] (AVX-512 F with AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
 fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *HAS.get_or_init(|| fma() && std::arch::is_x86_feature_detected!("avx512f"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| fma() && std::arch::is_x86_feature_detected!("avx512f"))
 }
 
 // The f32-input multiply-add the attention kernel used before it read f16 rows directly;
