@@ -19,7 +19,7 @@
 //!
 //! This module and [`crate::kquants`] (with their `neon` submodules) are the only ones that
 //! allow `unsafe`:
-//! calling a `#[target_feature]` function is unsafe on Rust 1.85, and each such call is
+//! calling a `#[target_feature]` function is unsafe, and each such call is
 //! guarded by the runtime detection stored in [`Isa`], which can only be constructed as
 //! `Avx2Fma` when the CPU reports both features (and as `Avx2Vnni` when it also reports
 //! AVX512-VNNI and AVX512-VL).
@@ -326,7 +326,7 @@ unsafe fn dot_rows_avx2_vnni(w: WeightRow<'_>, acts: &[ActRow<'_>], out: &mut [f
 /// the product of the block scales accumulate them. (LLVM's auto-vectorisation of the
 /// portable body widened every product to 32 bits and ran at a quarter of this speed.)
 #[cfg(target_arch = "x86_64")]
-// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic; newer compilers call the
+// Written for Rust 1.85, which needed `unsafe` around every intrinsic; newer compilers call the
 // value-only ones safe inside `#[target_feature]` functions.
 #[allow(unused_unsafe)]
 pub(crate) mod x86 {
@@ -610,8 +610,9 @@ pub(crate) mod x86 {
     }
 
     /// `acc + Σ a·b` over each four bytes (`a` unsigned, `b` signed) into eight `i32` lanes:
-    /// AVX-512 VNNI's `vpdpbusd` on 256-bit registers. Written as inline assembly so the
-    /// crate keeps building on Rust 1.85, where the intrinsic is not stable.
+    /// AVX-512 VNNI's `vpdpbusd` on 256-bit registers. Written as inline assembly so
+    /// one function body serves the AVX2 and VNNI versions (the intrinsic would need the
+    /// AVX-512 target features on every caller, the AVX2 version's included).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn dpbusd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {

@@ -397,7 +397,7 @@ unsafe fn dot_rows_avx2(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
 /// bytes with signed activations, `madd` with the 16-bit sub-block scales); a test checks them
 /// bit for bit against the portable bodies with fused multiply-adds.
 #[cfg(target_arch = "x86_64")]
-// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
+// Written for Rust 1.85, which needed `unsafe` around every intrinsic.
 #[allow(unused_unsafe)]
 mod x86 {
     use std::arch::x86_64::{

@@ -7,7 +7,7 @@
 //! multiply-add on every target, as `vfmadd` is. The public functions run their body compiled
 //! for AVX2+FMA when the CPU has both (so `mul_add` is one instruction and the lane loops
 //! vectorise; the arithmetic is the same), otherwise the plain build, where `mul_add` is libm's
-//! `fmaf`. Calling a `#[target_feature]` function is `unsafe` on Rust 1.85; each call is
+//! `fmaf`. Calling a `#[target_feature]` function is `unsafe`; each call is
 //! guarded by the run-time check in [`fma`], which is why this module allows `unsafe`.
 #![allow(unsafe_code)]
 
@@ -651,7 +651,7 @@ fn geglu_body(gate: &mut [f32], up: &[f32], table: &[f32]) {
 
 /// The attention tile kernels with their accumulators held in registers.
 #[cfg(target_arch = "x86_64")]
-// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
+// Written for Rust 1.85, which needed `unsafe` around every intrinsic.
 #[allow(unused_unsafe)]
 mod blocked {
     use std::arch::x86_64::{
@@ -901,7 +901,7 @@ mod wide {
 }
 
 #[cfg(target_arch = "x86_64")]
-// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
+// Written for Rust 1.85, which needed `unsafe` around every intrinsic.
 #[allow(unused_unsafe)]
 mod f16c {
     use std::arch::x86_64::{

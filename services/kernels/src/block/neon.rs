@@ -9,7 +9,7 @@
 //! `float32x4`, `vfmaq_f32`), reduced with the same [`hsum8`]. Integer sums are exact in any
 //! order, so both versions give bit for bit what the portable body gives with fused
 //! multiply-adds, and what AVX2 gives on x86-64.
-// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic; newer compilers call the
+// Written for Rust 1.85, which needed `unsafe` around every intrinsic; newer compilers call the
 // value-only ones safe where NEON is enabled.
 #![allow(unused_unsafe)]
 
@@ -24,7 +24,8 @@ use super::{ActRow, QK, WeightRow, hsum8};
 
 /// `acc + Σ a·b` over each four bytes: lane `l` gains `a[4l..4l+4]·b[4l..4l+4]`.
 ///
-/// `vdotq_s32` is not stable on Rust 1.85, so the instruction is written out.
+/// `vdotq_s32` was not stable on Rust 1.85, when this was written, so the instruction is
+/// written out.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
 pub(crate) unsafe fn sdot(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {

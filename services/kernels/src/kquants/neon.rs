@@ -8,7 +8,7 @@
 //! `float32x4` accumulators with `vfmaq_f32`, the minimum terms in scalar fused multiply-adds,
 //! reduced with the same [`hsum8`](crate::block::hsum8). So both versions give bit for bit
 //! what the portable bodies give with fused multiply-adds.
-// Rust 1.85 (the MSRV) needs `unsafe` around every intrinsic.
+// Written for Rust 1.85, which needed `unsafe` around every intrinsic.
 #![allow(unused_unsafe)]
 
 use std::arch::aarch64::{
