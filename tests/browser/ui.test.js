@@ -406,10 +406,17 @@ describe("the web UI in Chromium", { timeout: 600_000 }, () => {
     await page.keyboard.type(OWNER.password);
     await page.keyboard.press("Enter");
     await page.locator("#who").filter({ hasText: OWNER.name }).waitFor();
-    // Focus is visible.
+    // Focus is visible. The page the login lands on renders again as its requests answer, which
+    // can take the focus back to the body: Tab once that has settled.
+    await page.locator("main[data-page=chat]").waitFor();
+    await page.waitForLoadState("networkidle").catch(() => {});
     await page.keyboard.press("Tab");
-    const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
-    assert.notEqual(outline, "none");
+    const focus = await page.evaluate(() => ({
+      tag: document.activeElement.tagName,
+      outline: getComputedStyle(document.activeElement).outlineStyle,
+    }));
+    assert.notEqual(focus.tag, "BODY", "Tab focuses an element");
+    assert.notEqual(focus.outline, "none", "the focused " + focus.tag + " shows an outline");
     await logout();
   });
 
