@@ -406,62 +406,64 @@ fn accumulate_values_body(p: &[f32], values: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Query rows per call of [`tile_scores_rows`] and [`accumulate_values_rows`].
+/// Query rows the [`wide`] kernels take at once.
 pub const TILE_QUERIES: usize = 4;
 
-/// [`tile_scores`] for [`TILE_QUERIES`] query rows against the same keys: with AVX-512 each
-/// loaded key vector serves every row ([`wide::tile_scores`]), otherwise row by row. Each
-/// score's chain is the same, so are the bits.
-pub fn tile_scores_rows(
-    qs: [&[f32]; TILE_QUERIES],
-    keys_t: &[f32],
-    scale: f32,
-    scores: [&mut [f32]; TILE_QUERIES],
-) {
+/// [`tile_scores`] for several query rows against the same keys: [`TILE_QUERIES`] rows with
+/// AVX-512 in one pass, each loaded key vector serving every row ([`wide::chains`]); any other
+/// count, or without AVX-512, row by row. Each score's chain is the same, so are the bits.
+pub fn tile_scores_rows(qs: &[&[f32]], keys_t: &[f32], scale: f32, scores: &mut [&mut [f32]]) {
     #[cfg(target_arch = "x86_64")]
-    if wide_fits(&qs, &scores, keys_t) {
+    if let Some((qs, scores)) = wide_fits(qs, scores, keys_t) {
         // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (checked at run time just above).
-        return unsafe { wide::tile_scores(qs, keys_t, scale, scores) };
+        return unsafe { wide::chains(qs, keys_t, scores, Some(scale)) };
     }
-    for (q, s) in qs.into_iter().zip(scores) {
+    for (q, s) in qs.iter().zip(scores) {
         tile_scores(q, keys_t, scale, s);
     }
 }
 
-/// [`accumulate_values`] for [`TILE_QUERIES`] rows of weights and outputs against the same
-/// values: with AVX-512 each loaded value vector serves every row
-/// ([`wide::accumulate_values`]), otherwise row by row. Each element's chain is the same, so
-/// are the bits.
-pub fn accumulate_values_rows(
-    ps: [&[f32]; TILE_QUERIES],
-    values: &[f32],
-    outs: [&mut [f32]; TILE_QUERIES],
-) {
+/// [`accumulate_values`] for several rows of weights and outputs against the same values,
+/// as [`tile_scores_rows`] shares them out ([`wide::chains`] for [`TILE_QUERIES`] rows with
+/// AVX-512). Each element's chain is the same, so are the bits.
+pub fn accumulate_values_rows(ps: &[&[f32]], values: &[f32], outs: &mut [&mut [f32]]) {
     #[cfg(target_arch = "x86_64")]
-    if wide_fits(&ps, &outs, values) {
+    if let Some((ps, outs)) = wide_fits(ps, outs, values) {
         // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (checked at run time just above).
-        return unsafe { wide::accumulate_values(ps, values, outs) };
+        return unsafe { wide::chains(ps, values, outs, None) };
     }
-    for (p, o) in ps.into_iter().zip(outs) {
+    for (p, o) in ps.iter().zip(outs) {
         accumulate_values(p, values, o);
     }
 }
 
-/// Whether the four-row kernels in [`wide`] run for these shapes: the CPU has AVX-512, the
+/// The [`TILE_QUERIES`] input rows of a [`wide`] kernel.
+#[cfg(target_arch = "x86_64")]
+type WideRows<'s, 'a> = &'s [&'a [f32]; TILE_QUERIES];
+
+/// The [`TILE_QUERIES`] output rows of a [`wide`] kernel.
+#[cfg(target_arch = "x86_64")]
+type WideRowsMut<'s, 'b> = &'s mut [&'b mut [f32]; TILE_QUERIES];
+
+/// `inputs` and `outputs` as the [`TILE_QUERIES`] rows the [`wide`] kernels take, when they
+/// run for these shapes: the CPU has AVX-512, there are [`TILE_QUERIES`] rows of each, the
 /// outputs are a whole number of 16-lane registers wide and all as wide, the inputs all as
 /// long, and `matrix` holds an input's length of output-wide rows.
 #[cfg(target_arch = "x86_64")]
-fn wide_fits(
-    inputs: &[&[f32]; TILE_QUERIES],
-    outputs: &[&mut [f32]; TILE_QUERIES],
+fn wide_fits<'s, 'a, 'b>(
+    inputs: &'s [&'a [f32]],
+    outputs: &'s mut [&'b mut [f32]],
     matrix: &[f32],
-) -> bool {
+) -> Option<(WideRows<'s, 'a>, WideRowsMut<'s, 'b>)> {
+    let inputs: &[&[f32]; TILE_QUERIES] = inputs.try_into().ok()?;
+    let outputs: &mut [&mut [f32]; TILE_QUERIES] = outputs.try_into().ok()?;
     let (len, n) = (inputs[0].len(), outputs[0].len());
-    avx512()
+    let fits = avx512()
         && n.is_multiple_of(16)
         && matrix.len() >= len * n
         && inputs.iter().all(|i| i.len() == len)
-        && outputs.iter().all(|o| o.len() == n)
+        && outputs.iter().all(|o| o.len() == n);
+    fits.then_some((inputs, outputs))
 }
 
 /// Whether this CPU runs the AVX-512 versions in [`wide`] (AVX-512 F with AVX2 and FMA).
@@ -782,118 +784,73 @@ mod wide {
 
     use super::TILE_QUERIES as Q;
 
-    /// [`super::tile_scores_rows`] (the caller checked: `n` a multiple of 16, `keys_t` holds
-    /// `dims` rows of `n`, every query `dims` long, every score row `n` long).
+    /// `out[q][col]` as one chain of `fmadd(matrix[j][col], ws[q][j], ·)` over the rows `j`
+    /// of `matrix`, for the four rows, 64 (then 16) columns at a time in registers: started
+    /// from zero and multiplied by `scale` at the end when it is given
+    /// ([`super::tile_scores_rows`]: `ws` the queries, `matrix` the transposed keys),
+    /// otherwise started from `out` ([`super::accumulate_values_rows`]: `ws` the softmax
+    /// weights, `matrix` the values). The caller checked the shapes ([`super::wide_fits`]).
     #[target_feature(enable = "avx2,fma,avx512f")]
-    pub unsafe fn tile_scores(
-        qs: [&[f32]; Q],
-        keys_t: &[f32],
-        scale: f32,
-        scores: [&mut [f32]; Q],
+    pub unsafe fn chains(
+        ws: &[&[f32]; Q],
+        matrix: &[f32],
+        outs: &mut [&mut [f32]; Q],
+        scale: Option<f32>,
     ) {
-        let n = scores[0].len();
-        let mut scores = scores;
+        let n = outs[0].len();
         let mut c = 0;
         while c + 64 <= n {
             // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (this function's contract).
-            unsafe { scores_block::<4>(&qs, keys_t, scale, &mut scores, c) };
+            unsafe { chains_block::<4>(ws, matrix, outs, scale, c) };
             c += 64;
         }
         while c + 16 <= n {
             // SAFETY: as above.
-            unsafe { scores_block::<1>(&qs, keys_t, scale, &mut scores, c) };
+            unsafe { chains_block::<1>(ws, matrix, outs, scale, c) };
             c += 16;
         }
     }
 
-    /// Columns `c..c + 16R` of [`tile_scores`] for the four rows.
+    /// Columns `c..c + 16R` of [`chains`] for the four rows.
     #[inline(always)]
-    unsafe fn scores_block<const R: usize>(
-        qs: &[&[f32]; Q],
-        keys_t: &[f32],
-        scale: f32,
-        scores: &mut [&mut [f32]; Q],
+    unsafe fn chains_block<const R: usize>(
+        ws: &[&[f32]; Q],
+        matrix: &[f32],
+        outs: &mut [&mut [f32]; Q],
+        scale: Option<f32>,
         c: usize,
     ) {
-        let n = scores[0].len();
-        let dims = qs[0].len();
+        let n = outs[0].len();
+        let len = ws[0].len();
         // SAFETY: the caller's CPU has AVX-512 F; every load and store below reads or writes
         // 16 f32 inside a slice of `16R` values.
         unsafe {
             let mut acc: [[__m512; R]; Q] = [[_mm512_setzero_ps(); R]; Q];
-            for (d, row) in keys_t.chunks_exact(n).take(dims).enumerate() {
-                let block = &row[c..c + 16 * R];
-                let k: [__m512; R] =
-                    std::array::from_fn(|r| _mm512_loadu_ps(block[16 * r..].as_ptr()));
-                for (acc, q) in acc.iter_mut().zip(qs) {
-                    let qv = _mm512_set1_ps(q[d]);
-                    for (a, k) in acc.iter_mut().zip(&k) {
-                        *a = _mm512_fmadd_ps(*k, qv, *a);
+            if scale.is_none() {
+                for (acc, o) in acc.iter_mut().zip(outs.iter()) {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_loadu_ps(o[c + 16 * r..].as_ptr());
                     }
                 }
             }
-            let sv = _mm512_set1_ps(scale);
-            for (acc, s) in acc.iter().zip(scores.iter_mut()) {
-                let out = &mut s[c..c + 16 * R];
-                for (r, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(out[16 * r..].as_mut_ptr(), _mm512_mul_ps(*a, sv));
-                }
-            }
-        }
-    }
-
-    /// [`super::accumulate_values_rows`] (the caller checked: `n` a multiple of 16, `values`
-    /// holds `t` rows of `n`, every weight row `t` long, every output `n` long).
-    #[target_feature(enable = "avx2,fma,avx512f")]
-    pub unsafe fn accumulate_values(ps: [&[f32]; Q], values: &[f32], outs: [&mut [f32]; Q]) {
-        let n = outs[0].len();
-        let mut outs = outs;
-        let mut c = 0;
-        while c + 64 <= n {
-            // SAFETY: the CPU has AVX-512 F, AVX2 and FMA (this function's contract).
-            unsafe { values_block::<4>(&ps, values, &mut outs, c) };
-            c += 64;
-        }
-        while c + 16 <= n {
-            // SAFETY: as above.
-            unsafe { values_block::<1>(&ps, values, &mut outs, c) };
-            c += 16;
-        }
-    }
-
-    /// Elements `c..c + 16R` of [`accumulate_values`] for the four rows.
-    #[inline(always)]
-    unsafe fn values_block<const R: usize>(
-        ps: &[&[f32]; Q],
-        values: &[f32],
-        outs: &mut [&mut [f32]; Q],
-        c: usize,
-    ) {
-        let n = outs[0].len();
-        let t = ps[0].len();
-        // SAFETY: the caller's CPU has AVX-512 F; every load and store below reads or writes
-        // 16 f32 inside a slice of `16R` values.
-        unsafe {
-            let mut acc: [[__m512; R]; Q] = [[_mm512_setzero_ps(); R]; Q];
-            for (acc, o) in acc.iter_mut().zip(outs.iter()) {
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_loadu_ps(o[c + 16 * r..].as_ptr());
-                }
-            }
-            for (j, row) in values.chunks_exact(n).take(t).enumerate() {
+            for (j, row) in matrix.chunks_exact(n).take(len).enumerate() {
                 let block = &row[c..c + 16 * R];
-                let v: [__m512; R] =
+                let m: [__m512; R] =
                     std::array::from_fn(|r| _mm512_loadu_ps(block[16 * r..].as_ptr()));
-                for (acc, p) in acc.iter_mut().zip(ps) {
-                    let wv = _mm512_set1_ps(p[j]);
-                    for (a, v) in acc.iter_mut().zip(&v) {
-                        *a = _mm512_fmadd_ps(*v, wv, *a);
+                for (acc, w) in acc.iter_mut().zip(ws) {
+                    let wv = _mm512_set1_ps(w[j]);
+                    for (a, m) in acc.iter_mut().zip(&m) {
+                        *a = _mm512_fmadd_ps(*m, wv, *a);
                     }
                 }
             }
             for (acc, o) in acc.iter().zip(outs.iter_mut()) {
                 for (r, a) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(o[c + 16 * r..].as_mut_ptr(), *a);
+                    let v = match scale {
+                        Some(s) => _mm512_mul_ps(*a, _mm512_set1_ps(s)),
+                        None => *a,
+                    };
+                    _mm512_storeu_ps(o[c + 16 * r..].as_mut_ptr(), v);
                 }
             }
         }
@@ -1184,46 +1141,40 @@ mod tests {
         }
     }
 
-    /// The four-row tile kernels give each row the bits of its plain body: widths of whole
-    /// 64-column blocks, 16-column blocks and neither (row-by-row fallback), zero to 257
-    /// dimensions.
+    /// The several-row tile kernels give each row the bits of its plain body: four rows and
+    /// three (row by row), widths of whole 64-column blocks, 16-column blocks and neither
+    /// (row-by-row fallback), zero to 257 dimensions.
     #[test]
     fn four_row_tile_kernels_agree_with_bodies() {
         let mut rng = hearth_kernels::testing::Rng(0x0f0e_4a11);
         let mut next = || rng.unit() * 4.0 - 2.0;
         for cols in [16, 48, 64, 80, 256, 9] {
             for dims in [0, 1, 5, 64, 256, 257] {
-                let qs: Vec<Vec<f32>> = (0..TILE_QUERIES)
-                    .map(|_| (0..dims).map(|_| next()).collect())
-                    .collect();
-                let keys_t: Vec<f32> = (0..dims * cols).map(|_| next()).collect();
-                let mut got = vec![vec![9f32; cols]; TILE_QUERIES];
-                let [g0, g1, g2, g3] = &mut got[..] else {
-                    unreachable!("four rows")
-                };
-                tile_scores_rows(
-                    [&qs[0], &qs[1], &qs[2], &qs[3]],
-                    &keys_t,
-                    0.0625,
-                    [g0, g1, g2, g3],
-                );
-                for (q, g) in qs.iter().zip(&got) {
-                    let mut want = vec![9f32; cols];
-                    tile_scores_body(q, &keys_t, 0.0625, &mut want);
-                    assert!(g.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
-                }
-                let init: Vec<Vec<f32>> = (0..TILE_QUERIES)
-                    .map(|_| (0..cols).map(|_| next()).collect())
-                    .collect();
-                let mut got = init.clone();
-                let [g0, g1, g2, g3] = &mut got[..] else {
-                    unreachable!("four rows")
-                };
-                accumulate_values_rows([&qs[0], &qs[1], &qs[2], &qs[3]], &keys_t, [g0, g1, g2, g3]);
-                for ((q, g), init) in qs.iter().zip(&got).zip(init) {
-                    let mut want = init;
-                    accumulate_values_body(q, &keys_t, &mut want);
-                    assert!(g.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
+                for rows in [TILE_QUERIES, 3] {
+                    let qs: Vec<Vec<f32>> = (0..rows)
+                        .map(|_| (0..dims).map(|_| next()).collect())
+                        .collect();
+                    let q_rows: Vec<&[f32]> = qs.iter().map(Vec::as_slice).collect();
+                    let keys_t: Vec<f32> = (0..dims * cols).map(|_| next()).collect();
+                    let mut got = vec![vec![9f32; cols]; rows];
+                    let mut outs: Vec<&mut [f32]> = got.iter_mut().map(Vec::as_mut_slice).collect();
+                    tile_scores_rows(&q_rows, &keys_t, 0.0625, &mut outs);
+                    for (q, g) in qs.iter().zip(&got) {
+                        let mut want = vec![9f32; cols];
+                        tile_scores_body(q, &keys_t, 0.0625, &mut want);
+                        assert!(g.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
+                    }
+                    let init: Vec<Vec<f32>> = (0..rows)
+                        .map(|_| (0..cols).map(|_| next()).collect())
+                        .collect();
+                    let mut got = init.clone();
+                    let mut outs: Vec<&mut [f32]> = got.iter_mut().map(Vec::as_mut_slice).collect();
+                    accumulate_values_rows(&q_rows, &keys_t, &mut outs);
+                    for ((q, g), init) in qs.iter().zip(&got).zip(init) {
+                        let mut want = init;
+                        accumulate_values_body(q, &keys_t, &mut want);
+                        assert!(g.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()));
+                    }
                 }
             }
         }

@@ -920,15 +920,17 @@ fn attend_tiled(mut rows: Vec<TiledRow<'_>>, kv: KvHead<'_>, scale: f32) {
             .collect();
         // Rows in groups of TILE_QUERIES: each widened key and value serves the group.
         for group in active.chunks_mut(TILE_QUERIES) {
-            let mut tile_scores: Vec<&mut [f32]> = scores.chunks_exact_mut(KV_TILE).collect();
-            let tile_scores = &mut tile_scores[..group.len()];
-            if let ([a, b, c, d], [s0, s1, s2, s3]) = (&*group, &mut *tile_scores) {
-                ggml_math::tile_scores_rows([a.q, b.q, c.q, d.q], &keys_t, scale, [s0, s1, s2, s3]);
-            } else {
-                for (row, s) in group.iter().zip(tile_scores.iter_mut()) {
-                    ggml_math::tile_scores(row.q, &keys_t, scale, s);
-                }
+            let len = group.len();
+            let mut qs: [&[f32]; TILE_QUERIES] = [&[]; TILE_QUERIES];
+            for (q, row) in qs.iter_mut().zip(group.iter()) {
+                *q = row.q;
             }
+            let qs = &qs[..len];
+            let mut chunks = scores.chunks_exact_mut(KV_TILE);
+            let mut tile_scores: [&mut [f32]; TILE_QUERIES] =
+                std::array::from_fn(|_| chunks.next().unwrap_or_default());
+            let tile_scores = &mut tile_scores[..len];
+            ggml_math::tile_scores_rows(qs, &keys_t, scale, tile_scores);
             for (row, scores) in group.iter_mut().zip(tile_scores.iter_mut()) {
                 let first = tile.max(row.range.start);
                 let end = (tile + KV_TILE).min(row.range.end);
@@ -949,17 +951,15 @@ fn attend_tiled(mut rows: Vec<TiledRow<'_>>, kv: KvHead<'_>, scale: f32) {
                     row.sum = (f64::from(row.sum) + tile_sum) as f32;
                 }
             }
-            if let ([a, b, c, d], [s0, s1, s2, s3]) = (&mut *group, &*tile_scores) {
-                ggml_math::accumulate_values_rows(
-                    [s0, s1, s2, s3],
-                    &values,
-                    [&mut *a.o, &mut *b.o, &mut *c.o, &mut *d.o],
-                );
-            } else {
-                for (row, s) in group.iter_mut().zip(tile_scores.iter()) {
-                    ggml_math::accumulate_values(s, &values, row.o);
-                }
+            let mut ps: [&[f32]; TILE_QUERIES] = [&[]; TILE_QUERIES];
+            for (p, s) in ps.iter_mut().zip(tile_scores.iter()) {
+                *p = s;
             }
+            let mut outs: [&mut [f32]; TILE_QUERIES] = std::array::from_fn(|_| Default::default());
+            for (o, row) in outs.iter_mut().zip(group.iter_mut()) {
+                *o = &mut *row.o;
+            }
+            ggml_math::accumulate_values_rows(&ps[..len], &values, &mut outs[..len]);
         }
     }
     for row in rows {

@@ -561,20 +561,9 @@ impl Work<'_> {
             Src::K(blocks, acts) => {
                 for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
                     let row = blocks.row(self.first_row + r, self.k / QK_K);
-                    let mut done = 0;
-                    for (panel, out) in acts
-                        .panels
-                        .iter()
-                        .zip(out_row.chunks_exact_mut(KPANEL_ROWS))
-                    {
-                        let Ok(out) = <&mut [f32; KPANEL_ROWS]>::try_from(out) else {
-                            break;
-                        };
-                        if !dot_kpanel(isa, row, panel, out) {
-                            break;
-                        }
-                        done += KPANEL_ROWS;
-                    }
+                    let done = through_panels(&acts.panels, out_row, |panel, out| {
+                        dot_kpanel(isa, row, panel, out)
+                    });
                     dot_rows_k(isa, row, &acts.rows[done..], &mut out_row[done..]);
                 }
             }
@@ -617,19 +606,32 @@ impl Work<'_> {
         }
         if !last.is_empty() {
             let row = blocks.row(self.first_row + rows - 1, nb);
-            let mut done = 0;
-            for (panel, o) in acts.panels.iter().zip(last.chunks_exact_mut(PANEL_ROWS)) {
-                let Ok(o) = <&mut [f32; PANEL_ROWS]>::try_from(o) else {
-                    break;
-                };
-                if !dot_panel(isa, row, panel, o) {
-                    break;
-                }
-                done += PANEL_ROWS;
-            }
+            let done = through_panels(&acts.panels, last, |panel, o| dot_panel(isa, row, panel, o));
             dot_rows(isa, row, &acts.rows[done..], &mut last[done..]);
         }
     }
+}
+
+/// Both kinds of panel hold eight activation rows, so one loop serves them.
+const _: () = assert!(KPANEL_ROWS == PANEL_ROWS);
+
+/// Runs `kernel` on each of `panels` with the next [`PANEL_ROWS`] outputs of `out`, in
+/// order, while it takes them (a kernel returns `false` for a panel it cannot multiply);
+/// returns how many outputs it wrote, the rest being left for the row-by-row kernels.
+fn through_panels<P>(
+    panels: &[P],
+    out: &mut [f32],
+    mut kernel: impl FnMut(&P, &mut [f32; PANEL_ROWS]) -> bool,
+) -> usize {
+    let mut done = 0;
+    for (panel, o) in panels.iter().zip(out.chunks_exact_mut(PANEL_ROWS)) {
+        let Ok(o) = o.try_into() else { break };
+        if !kernel(panel, o) {
+            break;
+        }
+        done += PANEL_ROWS;
+    }
+    done
 }
 
 /// Multiplies the same input `x` (`m` rows) by each of `mats` (all with the same `k`),
