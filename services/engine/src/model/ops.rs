@@ -89,11 +89,14 @@ fn elementwise(pool: &Pool, gate: &mut [f32], up: &[f32], f: &(dyn Fn(&mut [f32]
     pool.run_each(shares, |(g, u)| f(g, u));
 }
 
-/// ggml's `ggml_gelu_f32`: the tanh approximation, in `f32`.
+/// ggml's `ggml_gelu_f32`: the tanh approximation, in `f32`, with `1 + a·x·x` as one fused
+/// multiply-add: GCC contracts it so (`-ffp-contract=fast`, its default for C) when it builds
+/// ggml with FMA, and the f16 table it fills then differs from the unfused one in entries
+/// such as gelu(-1.999) (-0.045502 against -0.045471).
 pub fn gelu_tanh(x: f32) -> f32 {
     const GELU_COEF_A: f32 = 0.044_715;
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh())
 }
 
 /// `f16(gelu(x))` for every f16 bit pattern `x`, as ggml fills `ggml_table_gelu_f16`.
