@@ -242,6 +242,77 @@ pub fn dot_rows_k(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) 
     }
 }
 
+/// Which of llama.cpp's x86 CPU kernels a K-quant product follows when it turns its exact
+/// integer sums into `f32` (the integers are the same whichever runs; only the float steps
+/// differ, and a different rounding moves a small model's next-token probabilities by a few
+/// hundredths).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KSum {
+    /// ggml's AVX2 `vec_dot` (a repacked Q4_K row: the repacked gemv): decode, and prompts
+    /// of fewer rows than [`TILED_MIN_ROWS`].
+    VecDot,
+    /// llama.cpp's tiled K-quant matmul (`ggml-cpu/tiled`, the AVX-512 VNNI microkernel,
+    /// whose epilogue GCC contracts to a fused multiply-add), which takes products of at least
+    /// [`TILED_MIN_ROWS`] activation rows with matrices that are not repacked: per
+    /// super-block `r = f32(Σ scale·q·y)·d_x`, minus `dmin_x·f32(Σ min·bsum)` fused for the
+    /// formats with minimums, then `out = fma(r, d_y, out)`.
+    Tiled,
+    /// The repacked Q4_K gemm (`ggml_gemm_q4_K_8x8_q8_K`), for activation rows in whole
+    /// groups of four: per 64 elements `acc = fma(f32(Σ scale·q·y), d_x·d_y, acc)` and
+    /// `acc_min = fma(f32(Σ min·bsum), dmin_x·d_y, acc_min)`, `out = acc − acc_min`. Other
+    /// formats take [`KSum::VecDot`] for it.
+    Gemm,
+}
+
+impl KSum {
+    /// What `self` means for weight row `w`: [`KSum::Gemm`] is the repacked Q4_K's only; the
+    /// other formats take [`KSum::VecDot`] for it.
+    fn for_row(self, w: KRow<'_>) -> KSum {
+        match (self, w) {
+            (KSum::Gemm, KRow::Q4K { repacked: true, .. }) => KSum::Gemm,
+            (KSum::Gemm, _) => KSum::VecDot,
+            (other, _) => other,
+        }
+    }
+}
+
+/// The fewest activation rows for which llama.cpp's x86 build takes its tiled K-quant
+/// matmul (`ggml_tiled_min_batch`).
+pub const TILED_MIN_ROWS: usize = 8;
+
+/// [`dot_rows_k`] with the float steps `sum` names.
+pub fn dot_rows_k_as(isa: Isa, w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32], sum: KSum) {
+    let sum = sum.for_row(w);
+    match (sum, isa) {
+        (KSum::VecDot, _) => dot_rows_k(isa, w, acts, out),
+        (_, Isa::Portable) => sums_body::<false>(w, acts, out, sum),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2Fma`, `Isa::Avx2Vnni` and `Isa::Avx512` are only returned by
+        // `Isa::detect` after `is_x86_feature_detected!` reported AVX2 and FMA on this CPU.
+        (_, Isa::Avx2Fma | Isa::Avx2Vnni | Isa::Avx512) => unsafe {
+            sums_avx2(w, acts, out, sum);
+        },
+        // No NEON versions: the fused portable body (aarch64 always has FMA).
+        #[cfg(target_arch = "aarch64")]
+        (_, Isa::Neon | Isa::NeonDot) => sums_body::<true>(w, acts, out, sum),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sums_avx2(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32], sum: KSum) {
+    let mut done = 0;
+    for (a, o) in acts.chunks_exact(4).zip(out.chunks_exact_mut(4)) {
+        // SAFETY: this function only runs where AVX2 and FMA are available.
+        unsafe { x86::sums_group::<4>(w, a, o, sum) };
+        done += 4;
+    }
+    for (a, o) in acts[done..].chunks(1).zip(out[done..].chunks_mut(1)) {
+        // SAFETY: as above.
+        unsafe { x86::sums_group::<1>(w, a, o, sum) };
+    }
+}
+
 /// The aarch64 versions (NEON, NEON + `sdot`), in their own file.
 #[cfg(target_arch = "aarch64")]
 mod neon;
@@ -256,6 +327,8 @@ pub const KPANEL_ROWS: usize = 8;
 pub struct KPanelBlock {
     /// Pair `p`'s scales: row `2p`'s in lanes 0..8, row `2p + 1`'s in lanes 8..16.
     d: [[f32; 16]; 4],
+    /// The eight rows' scales in row order (the [`KSum::Tiled`] and [`KSum::Gemm`] panels).
+    d8: [f32; 8],
     /// Minus each row's scale, four times: rows `4h..4h + 4` in `neg_d[h]` (Q4_K's minimum
     /// terms, four lanes a row).
     neg_d: [[f32; 16]; 2],
@@ -271,6 +344,8 @@ pub struct KPanelBlock {
 /// [`KPANEL_ROWS`] activation rows interleaved for [`dot_kpanel`], super-block after
 /// super-block: built once per product, read by every weight row.
 pub struct KPanel {
+    // Read only by the x86-64 kernels.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     blocks: Vec<KPanelBlock>,
 }
 
@@ -282,6 +357,7 @@ impl KPanel {
             .map(|b| {
                 let mut block = KPanelBlock {
                     d: [[0.0; 16]; 4],
+                    d8: [0.0; 8],
                     neg_d: [[0.0; 16]; 2],
                     bsums: [[0; 32]; 4],
                     bsum_pairs: [[0; 32]; 2],
@@ -291,6 +367,7 @@ impl KPanel {
                     let y = &row[b];
                     let (p, half) = (r / 2, r % 2);
                     block.d[p][8 * half..8 * half + 8].fill(y.d);
+                    block.d8[r] = y.d;
                     block.neg_d[r / 4][4 * (r % 4)..4 * (r % 4) + 4].fill(-y.d);
                     block.bsums[p][16 * half..16 * half + 16].copy_from_slice(&y.bsums);
                     for (i, pair) in y.bsums.chunks_exact(2).enumerate() {
@@ -343,6 +420,55 @@ pub fn dot_kpanel(isa: Isa, w: KRow<'_>, panel: &KPanel, out: &mut [f32; KPANEL_
             },
             KRow::Q6K(blocks) if blocks.len() == panel.blocks.len() => unsafe {
                 x86::q6k_panel(blocks, &panel.blocks, out);
+            },
+            _ => return false,
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, panel, out);
+        false
+    }
+}
+
+/// [`dot_kpanel`] with the float steps `sum` names ([`KSum::Tiled`]: plain or repacked
+/// Q4_K and Q6_K; [`KSum::Gemm`]: repacked Q4_K), bit for bit what [`dot_rows_k_as`] gives
+/// for those rows; `false` (nothing written) where it has no panel kernel.
+pub fn dot_kpanel_as(
+    isa: Isa,
+    w: KRow<'_>,
+    panel: &KPanel,
+    out: &mut [f32; KPANEL_ROWS],
+    sum: KSum,
+) -> bool {
+    let sum = sum.for_row(w);
+    if sum == KSum::VecDot {
+        return dot_kpanel(isa, w, panel, out);
+    }
+    if !kpanels_supported(isa) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY (every call): `kpanels_supported` holds only for `Isa::Avx512`, which
+        // `Isa::detect` returns only after `is_x86_feature_detected!` reported AVX2, FMA and
+        // AVX-512 F, BW, VL and VNNI.
+        match (w, sum) {
+            (KRow::Q4K { blocks, .. }, KSum::Tiled) if blocks.len() == panel.blocks.len() => unsafe {
+                x86::q4k_panel_sums::<false>(blocks, &panel.blocks, out);
+            },
+            (
+                KRow::Q4K {
+                    blocks,
+                    repacked: true,
+                },
+                KSum::Gemm,
+            ) if blocks.len() == panel.blocks.len() => unsafe {
+                x86::q4k_panel_sums::<true>(blocks, &panel.blocks, out);
+            },
+            (KRow::Q6K(blocks), KSum::Tiled) if blocks.len() == panel.blocks.len() => unsafe {
+                x86::q6k_panel_tiled(blocks, &panel.blocks, out);
             },
             _ => return false,
         }
@@ -424,7 +550,14 @@ mod x86 {
         _mm512_sub_epi32, _mm512_sub_ps,
     };
 
-    use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, hsum8, min_sum};
+    use std::arch::x86_64::{
+        _mm_add_epi32, _mm_cvtsi128_si32, _mm_hadd_epi32, _mm256_castsi256_si128,
+        _mm256_extracti128_si256, _mm256_fnmadd_ps, _mm256_hadd_epi32, _mm256_loadu_ps,
+        _mm256_mul_ps, _mm256_permute2x128_si256, _mm256_sub_ps, _mm512_castsi512_si256,
+        _mm512_extracti64x4_epi64, _mm512_permutex2var_epi32, _mm512_setr_epi32,
+    };
+
+    use super::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KRow, KSum, hsum8, min_sum};
 
     /// [`min_sum`] as ggml's AVX2 Q4_K kernel computes it: the sixteen block sums added in
     /// pairs (`hadd`), times the eight minimums (`madd`): four exact `i32` lanes.
@@ -583,6 +716,123 @@ mod x86 {
             let mut l = [0f32; 8];
             _mm256_storeu_ps(l.as_mut_ptr(), acc);
             hsum8(l) + summs
+        }
+    }
+
+    /// The sum of `v`'s eight lanes (exact: the lanes are exact integer sums).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum_i32(v: __m256i) -> i32 {
+        // SAFETY: register-only operations.
+        unsafe {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+            let s = _mm_hadd_epi32(s, s);
+            _mm_cvtsi128_si32(_mm_hadd_epi32(s, s))
+        }
+    }
+
+    /// [`super::sums_body`]'s arithmetic ([`KSum::Tiled`], [`KSum::Gemm`]) for `R`
+    /// activation rows at once, each unpacked weight super-block serving all of them: the
+    /// integer sums in ggml's lanes, added up exactly, then the same scalar float steps.
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn sums_group<const R: usize>(
+        w: KRow<'_>,
+        acts: &[&[BlockQ8K]],
+        out: &mut [f32],
+        sum: KSum,
+    ) {
+        let acts: &[&[BlockQ8K]; R] = acts.try_into().expect("R activation rows");
+        let nb = match w {
+            KRow::Q4K { blocks, .. } => blocks.len(),
+            KRow::Q5K(b) => b.len(),
+            KRow::Q6K(b) => b.len(),
+        };
+        for a in acts {
+            assert!(a.len() >= nb);
+        }
+        let mut acc = [0f32; R];
+        let mut acc_min = [0f32; R];
+        // SAFETY: every row has at least `nb` blocks (asserted above); the loads read whole
+        // arrays of the blocks.
+        unsafe {
+            for b in 0..nb {
+                match w {
+                    KRow::Q4K { blocks, .. } => {
+                        let x = blocks.get_unchecked(b);
+                        let q = q4k_unpack(&x.qs);
+                        for r in 0..R {
+                            let y = acts[r].get_unchecked(b);
+                            let mins = min_sum(&x.mn, &y.bsums);
+                            let mut s1 = 0i32;
+                            for (j, m) in mins.into_iter().enumerate() {
+                                let p_lo = _mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(q[2 * j], load_i8(&y.qs[64 * j..])),
+                                    _mm256_set1_epi16(i16::from(x.sc[2 * j])),
+                                );
+                                let p_hi = _mm256_madd_epi16(
+                                    _mm256_maddubs_epi16(
+                                        q[2 * j + 1],
+                                        load_i8(&y.qs[64 * j + 32..]),
+                                    ),
+                                    _mm256_set1_epi16(i16::from(x.sc[2 * j + 1])),
+                                );
+                                let sj = hsum_i32(_mm256_add_epi32(p_lo, p_hi));
+                                if sum == KSum::Gemm {
+                                    acc[r] = (sj as f32).mul_add(x.d * y.d, acc[r]);
+                                    acc_min[r] = (m as f32).mul_add(x.dmin * y.d, acc_min[r]);
+                                } else {
+                                    s1 += sj;
+                                }
+                            }
+                            if sum != KSum::Gemm {
+                                let s2 = mins.iter().sum();
+                                acc[r] = super::tiled_step::<true>(
+                                    acc[r],
+                                    s1,
+                                    Some((s2, x.dmin)),
+                                    x.d,
+                                    y.d,
+                                );
+                            }
+                        }
+                    }
+                    KRow::Q5K(blocks) => {
+                        let x = blocks.get_unchecked(b);
+                        for r in 0..R {
+                            let y = acts[r].get_unchecked(b);
+                            let s1 = hsum_i32(q4k_sumi(&x.qs, &x.sc, Some(&x.qh), &y.qs));
+                            let s2 = min_sum(&x.mn, &y.bsums).iter().sum();
+                            acc[r] =
+                                super::tiled_step::<true>(acc[r], s1, Some((s2, x.dmin)), x.d, y.d);
+                        }
+                    }
+                    KRow::Q6K(blocks) => {
+                        let x = blocks.get_unchecked(b);
+                        let (q, scales) = q6k_unpack(x);
+                        let sc = q6k_sc16(x);
+                        for r in 0..R {
+                            let y = acts[r].get_unchecked(b);
+                            let mut sumi = _mm256_setzero_si256();
+                            for g in 0..8 {
+                                let p = _mm256_maddubs_epi16(q[g], load_i8(&y.qs[32 * g..]));
+                                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales[g], p));
+                            }
+                            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+                            let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc));
+                            let s1 = hsum_i32(_mm256_sub_epi32(sumi, sub));
+                            acc[r] = super::tiled_step::<true>(acc[r], s1, None, x.d, y.d);
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            out[r] = if sum == KSum::Gemm {
+                acc[r] - acc_min[r]
+            } else {
+                acc[r]
+            };
         }
     }
 
@@ -886,6 +1136,183 @@ mod x86 {
         }
     }
 
+    /// The sums of each of `v`'s eight registers' lanes, in row order (exact integer adds).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum_rows(v: [__m256i; 8]) -> __m256i {
+        // SAFETY: register-only operations.
+        unsafe {
+            let g0 =
+                _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+            let g1 =
+                _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+            _mm256_add_epi32(
+                _mm256_permute2x128_si256::<0x20>(g0, g1),
+                _mm256_permute2x128_si256::<0x31>(g0, g1),
+            )
+        }
+    }
+
+    /// A pair register's two rows (row `2p` in the low half, `2p + 1` in the high half) into
+    /// `rows`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl")]
+    unsafe fn split_pair(v: __m512i, pair: usize, rows: &mut [__m256i; 8]) {
+        // SAFETY: register-only operations.
+        unsafe {
+            rows[2 * pair] = _mm512_castsi512_si256(v);
+            rows[2 * pair + 1] = _mm512_extracti64x4_epi64::<1>(v);
+        }
+    }
+
+    /// The Q4_K panel with [`KSum::Tiled`] (`GEMM` false) or [`KSum::Gemm`] (`GEMM` true)
+    /// steps: [`q4k_panel`]'s integer lanes, each row's (Tiled: whole super-block; Gemm: each
+    /// 64 elements') lanes added up exactly, then the float steps of
+    /// [`super::sums_body`] for the eight rows side by side, one row to a lane.
+    #[allow(clippy::cast_precision_loss)]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn q4k_panel_sums<const GEMM: bool>(
+        w: &[BlockQ4K],
+        panel: &[super::KPanelBlock],
+        out: &mut [f32; 8],
+    ) {
+        assert!(panel.len() == w.len());
+        // SAFETY: the loads read whole arrays of the panel block and the weight block.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            let mut acc_min = _mm256_setzero_ps();
+            // Lane `4r + j` of the minimum terms (rows 0..4, then 4..8) to lane `r` of `j`'s.
+            let pick: [__m512i; 4] = std::array::from_fn(|j| {
+                #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+                let j = j as i32;
+                _mm512_setr_epi32(
+                    j,
+                    4 + j,
+                    8 + j,
+                    12 + j,
+                    16 + j,
+                    20 + j,
+                    24 + j,
+                    28 + j,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+            });
+            for (x, p) in w.iter().zip(panel) {
+                let q4 = q4k_unpack(&x.qs);
+                let q: [__m512i; 8] = std::array::from_fn(|g| _mm512_broadcast_i64x4(q4[g]));
+                let sc: [__m512i; 8] =
+                    std::array::from_fn(|g| _mm512_set1_epi16(i16::from(x.sc[g])));
+                let dy = _mm256_loadu_ps(p.d8.as_ptr());
+                let mins = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(
+                    x.mn.as_ptr().cast(),
+                )));
+                let m = [
+                    _mm512_madd_epi16(mins, _mm512_loadu_si512(p.bsum_pairs[0].as_ptr().cast())),
+                    _mm512_madd_epi16(mins, _mm512_loadu_si512(p.bsum_pairs[1].as_ptr().cast())),
+                ];
+                let m_j: [__m256i; 4] = std::array::from_fn(|j| {
+                    _mm512_castsi512_si256(_mm512_permutex2var_epi32(m[0], pick[j], m[1]))
+                });
+                let mut total = [_mm256_setzero_si256(); 8];
+                for j in 0..4 {
+                    let mut rows = [_mm256_setzero_si256(); 8];
+                    for pair in 0..4 {
+                        let ys = &p.qs[pair];
+                        let p_lo = _mm512_madd_epi16(
+                            _mm512_maddubs_epi16(
+                                q[2 * j],
+                                _mm512_loadu_si512(ys[2 * j].as_ptr().cast()),
+                            ),
+                            sc[2 * j],
+                        );
+                        let p_hi = _mm512_madd_epi16(
+                            _mm512_maddubs_epi16(
+                                q[2 * j + 1],
+                                _mm512_loadu_si512(ys[2 * j + 1].as_ptr().cast()),
+                            ),
+                            sc[2 * j + 1],
+                        );
+                        split_pair(_mm512_add_epi32(p_lo, p_hi), pair, &mut rows);
+                    }
+                    if GEMM {
+                        let s = _mm256_cvtepi32_ps(hsum_rows(rows));
+                        acc = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_set1_ps(x.d), dy), acc);
+                        acc_min = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(m_j[j]),
+                            _mm256_mul_ps(_mm256_set1_ps(x.dmin), dy),
+                            acc_min,
+                        );
+                    } else {
+                        for (t, r) in total.iter_mut().zip(rows) {
+                            *t = _mm256_add_epi32(*t, r);
+                        }
+                    }
+                }
+                if !GEMM {
+                    let s1 = _mm256_cvtepi32_ps(hsum_rows(total));
+                    let s2 = _mm256_add_epi32(
+                        _mm256_add_epi32(m_j[0], m_j[1]),
+                        _mm256_add_epi32(m_j[2], m_j[3]),
+                    );
+                    let r = _mm256_mul_ps(s1, _mm256_set1_ps(x.d));
+                    let r = _mm256_fnmadd_ps(_mm256_set1_ps(x.dmin), _mm256_cvtepi32_ps(s2), r);
+                    acc = _mm256_fmadd_ps(r, dy, acc);
+                }
+            }
+            let result = if GEMM {
+                _mm256_sub_ps(acc, acc_min)
+            } else {
+                acc
+            };
+            _mm256_storeu_ps(out.as_mut_ptr(), result);
+        }
+    }
+
+    /// The Q6_K panel with [`KSum::Tiled`] steps: [`q6k_panel`]'s integer lanes, each row's
+    /// added up exactly, then `fma(f32(s1)·d_x, d_y, out)` for the eight rows side by side.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub unsafe fn q6k_panel_tiled(
+        w: &[BlockQ6K],
+        panel: &[super::KPanelBlock],
+        out: &mut [f32; 8],
+    ) {
+        assert!(panel.len() == w.len());
+        // SAFETY: the loads read whole arrays of the panel block.
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (x, p) in w.iter().zip(panel) {
+                let (q6, scales6) = q6k_unpack(x);
+                let q: [__m512i; 8] = std::array::from_fn(|g| _mm512_broadcast_i64x4(q6[g]));
+                let scales: [__m512i; 8] =
+                    std::array::from_fn(|g| _mm512_broadcast_i64x4(scales6[g]));
+                let sc = _mm512_broadcast_i64x4(q6k_sc16(x));
+                let mut rows = [_mm256_setzero_si256(); 8];
+                for pair in 0..4 {
+                    let ys = &p.qs[pair];
+                    let mut sumi = _mm512_setzero_si512();
+                    for g in 0..8 {
+                        let prod =
+                            _mm512_maddubs_epi16(q[g], _mm512_loadu_si512(ys[g].as_ptr().cast()));
+                        sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scales[g], prod));
+                    }
+                    let bsums = _mm512_loadu_si512(p.bsums[pair].as_ptr().cast());
+                    let sub = _mm512_slli_epi32::<5>(_mm512_madd_epi16(bsums, sc));
+                    split_pair(_mm512_sub_epi32(sumi, sub), pair, &mut rows);
+                }
+                let r = _mm256_mul_ps(_mm256_cvtepi32_ps(hsum_rows(rows)), _mm256_set1_ps(x.d));
+                acc = _mm256_fmadd_ps(r, _mm256_loadu_ps(p.d8.as_ptr()), acc);
+            }
+            _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        }
+    }
+
     /// The sixteen Q6_K scales as 16-bit lanes (one sign extension of the loaded bytes).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -1136,6 +1563,97 @@ fn dot_q6k<const FMA: bool>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     hsum8(acc)
 }
 
+/// Σ scale·(q·y) of a Q4_K (`qh` given: Q5_K) super-block's sub-block pair `j` (64 elements).
+#[inline(always)]
+fn q4k_pair_sum(qs: &[u8; 128], qh: Option<&[u8; 32]>, sc: &[u8; 8], y: &[i8], j: usize) -> i32 {
+    let (mut lo, mut hi) = q4k_pair(qs, j);
+    if let Some(qh) = qh {
+        for e in 0..32 {
+            lo[e] |= ((qh[e] >> (2 * j)) & 1) << 4;
+            hi[e] |= ((qh[e] >> (2 * j + 1)) & 1) << 4;
+        }
+    }
+    i32::from(sc[2 * j]) * dot32(&lo, &y[64 * j..])
+        + i32::from(sc[2 * j + 1]) * dot32(&hi, &y[64 * j + 32..])
+}
+
+/// Σ scale·((q − 32)·y) over a Q6_K super-block, exact.
+#[inline(always)]
+fn q6k_block_sum(x: &BlockQ6K, y: &BlockQ8K) -> i32 {
+    let mut s = 0i32;
+    for j in 0..2 {
+        for t in 0..4 {
+            let q = q6k_group(x, j, t);
+            let is = 4 * j + t;
+            for half in 0..2 {
+                let (q, ys) = (&q[16 * half..16 * half + 16], &y.qs[32 * is + 16 * half..]);
+                let raw: i32 = q
+                    .iter()
+                    .zip(ys)
+                    .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                    .sum();
+                let corr = raw - 32 * i32::from(y.bsums[2 * is + half]);
+                s += i32::from(x.sc[2 * is + half]) * corr;
+            }
+        }
+    }
+    s
+}
+
+/// One output of [`KSum::Tiled`] from each super-block's exact sums `(s1, s2)` (`s2` the
+/// minimum term, `None` for Q6_K).
+#[allow(clippy::cast_precision_loss)]
+#[inline(always)]
+fn tiled_step<const FMA: bool>(out: f32, s1: i32, s2: Option<(i32, f32)>, dx: f32, dy: f32) -> f32 {
+    let mut r = s1 as f32 * dx;
+    if let Some((s2, dmin)) = s2 {
+        r = madd::<FMA>(-dmin, s2 as f32, r);
+    }
+    madd::<FMA>(r, dy, out)
+}
+
+/// The portable bodies of [`KSum::Tiled`] and [`KSum::Gemm`] (see [`dot_rows_k_as`]).
+#[allow(clippy::cast_precision_loss)]
+#[inline(always)]
+fn sums_body<const FMA: bool>(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32], sum: KSum) {
+    for (o, a) in out.iter_mut().zip(acts) {
+        *o = match (w, sum) {
+            (KRow::Q4K { blocks, repacked }, KSum::VecDot) => dot_q4k::<FMA>(blocks, a, repacked),
+            (KRow::Q5K(blocks), KSum::VecDot) => dot_q5k::<FMA>(blocks, a),
+            (KRow::Q6K(blocks), KSum::VecDot) => dot_q6k::<FMA>(blocks, a),
+            (KRow::Q4K { blocks, .. }, KSum::Gemm) => {
+                let (mut acc, mut acc_min) = (0f32, 0f32);
+                for (x, y) in blocks.iter().zip(a.iter()) {
+                    let mins = min_sum(&x.mn, &y.bsums);
+                    for (j, m) in mins.into_iter().enumerate() {
+                        let s = q4k_pair_sum(&x.qs, None, &x.sc, &y.qs, j);
+                        acc = madd::<FMA>(s as f32, x.d * y.d, acc);
+                        acc_min = madd::<FMA>(m as f32, x.dmin * y.d, acc_min);
+                    }
+                }
+                acc - acc_min
+            }
+            (KRow::Q4K { blocks, .. }, _) => blocks.iter().zip(a.iter()).fold(0f32, |o, (x, y)| {
+                let s1 = (0..4)
+                    .map(|j| q4k_pair_sum(&x.qs, None, &x.sc, &y.qs, j))
+                    .sum();
+                let s2 = min_sum(&x.mn, &y.bsums).iter().sum();
+                tiled_step::<FMA>(o, s1, Some((s2, x.dmin)), x.d, y.d)
+            }),
+            (KRow::Q5K(blocks), _) => blocks.iter().zip(a.iter()).fold(0f32, |o, (x, y)| {
+                let s1 = (0..4)
+                    .map(|j| q4k_pair_sum(&x.qs, Some(&x.qh), &x.sc, &y.qs, j))
+                    .sum();
+                let s2 = min_sum(&x.mn, &y.bsums).iter().sum();
+                tiled_step::<FMA>(o, s1, Some((s2, x.dmin)), x.d, y.d)
+            }),
+            (KRow::Q6K(blocks), _) => blocks.iter().zip(a.iter()).fold(0f32, |o, (x, y)| {
+                tiled_step::<FMA>(o, q6k_block_sum(x, y), None, x.d, y.d)
+            }),
+        };
+    }
+}
+
 #[inline(always)]
 fn dot_rows_body<const FMA: bool>(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
     for (o, a) in out.iter_mut().zip(acts) {
@@ -1359,16 +1877,19 @@ mod tests {
                     KRow::Q6K(&q6),
                 ];
                 for (f, w) in formats.into_iter().enumerate() {
-                    for isa in isas() {
+                    for (isa, sum) in isas()
+                        .into_iter()
+                        .flat_map(|i| [KSum::VecDot, KSum::Tiled, KSum::Gemm].map(|s| (i, s)))
+                    {
                         let mut out = vec![f32::NAN; n_acts];
-                        dot_rows_k(isa, w, &rows, &mut out);
+                        dot_rows_k_as(isa, w, &rows, &mut out, sum);
                         for (i, (&got, a)) in out.iter().zip(&rows).enumerate() {
                             let want = reference_dot(w, a);
                             #[allow(clippy::cast_precision_loss)]
                             let tol = 2e-3 * (blocks as f64) + 1e-5 * want.abs();
                             assert!(
                                 (f64::from(got) - want).abs() <= tol,
-                                "format {f} {isa:?} blocks {blocks} row {i}: {got} vs {want}"
+                                "format {f} {isa:?} {sum:?} blocks {blocks} row {i}: {got} vs {want}"
                             );
                         }
                     }
@@ -1408,6 +1929,138 @@ mod tests {
                         got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                         "{isa:?} blocks {blocks}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// [`KSum::Tiled`] and [`KSum::Gemm`]: every SIMD version gives bit for bit what the fused
+    /// portable body gives (9 rows: two groups of four and a rest; odd block counts), and
+    /// the steps are llama.cpp's: a hand-worked Q6_K super-block and Q4_K gemm row.
+    #[test]
+    fn llama_sums_equal_the_fused_portable_body() {
+        let mut rng = Rng(0x5eed_7113);
+        for blocks in [1usize, 3, 4] {
+            let (q4, q5, q6) = weights(&mut rng, blocks);
+            let a: Vec<Vec<BlockQ8K>> = (0..9).map(|_| acts(&mut rng, blocks)).collect();
+            let rows: Vec<&[BlockQ8K]> = a.iter().map(Vec::as_slice).collect();
+            for w in [
+                KRow::Q4K {
+                    blocks: &q4,
+                    repacked: true,
+                },
+                KRow::Q4K {
+                    blocks: &q4,
+                    repacked: false,
+                },
+                KRow::Q5K(&q5),
+                KRow::Q6K(&q6),
+            ] {
+                for sum in [KSum::Tiled, KSum::Gemm] {
+                    let mut want = vec![0f32; rows.len()];
+                    sums_body::<true>(w, &rows, &mut want, sum.for_row(w));
+                    for isa in isas() {
+                        if isa == Isa::Portable {
+                            continue;
+                        }
+                        let mut got = vec![0f32; rows.len()];
+                        dot_rows_k_as(isa, w, &rows, &mut got, sum);
+                        assert_eq!(
+                            got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{isa:?} {sum:?} blocks {blocks}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The float steps themselves, on one super-block with known integer sums: Q6_K's tiled
+    /// result is `fma(f32(s1)·d_x, d_y, 0)`; Q4_K's gemm result is the fused chain over its
+    /// four 64-element sums minus the minimum chain.
+    #[test]
+    fn llama_sums_follow_the_written_steps() {
+        let mut rng = Rng(99);
+        let (q4, _, q6) = weights(&mut rng, 2);
+        let a = acts(&mut rng, 2);
+        let mut want6 = 0f32;
+        for (x, y) in q6.iter().zip(&a) {
+            #[allow(clippy::cast_precision_loss)]
+            let r = q6k_block_sum(x, y) as f32 * x.d;
+            want6 = r.mul_add(y.d, want6);
+        }
+        let mut got = [0f32];
+        dot_rows_k_as(Isa::Portable, KRow::Q6K(&q6), &[&a], &mut got, KSum::Tiled);
+        assert!(
+            (got[0] - want6).abs() <= 1e-6 * want6.abs().max(1.0),
+            "{got:?} vs {want6}"
+        );
+        let (mut acc, mut acc_min) = (0f32, 0f32);
+        for (x, y) in q4.iter().zip(&a) {
+            for j in 0..4 {
+                #[allow(clippy::cast_precision_loss)]
+                let (s, m) = (
+                    q4k_pair_sum(&x.qs, None, &x.sc, &y.qs, j) as f32,
+                    min_sum(&x.mn, &y.bsums)[j] as f32,
+                );
+                acc = s.mul_add(x.d * y.d, acc);
+                acc_min = m.mul_add(x.dmin * y.d, acc_min);
+            }
+        }
+        let w = KRow::Q4K {
+            blocks: &q4,
+            repacked: true,
+        };
+        for isa in isas().into_iter().skip(1) {
+            dot_rows_k_as(isa, w, &[&a], &mut got, KSum::Gemm);
+            assert_eq!(got[0].to_bits(), (acc - acc_min).to_bits(), "{isa:?}");
+        }
+    }
+
+    /// [`dot_kpanel_as`] with [`KSum::Tiled`] (plain Q4_K, Q6_K) and [`KSum::Gemm`]
+    /// (repacked Q4_K) gives bit for bit what the fused portable body gives for its eight rows
+    /// (odd block counts); Q5_K and plain Q4_K with `Gemm` are refused.
+    #[test]
+    fn llama_sum_kpanels_equal_the_fused_portable_body() {
+        let mut rng = Rng(0x7a11_ed00);
+        for blocks in [1usize, 3, 4] {
+            let (q4, q5, q6) = weights(&mut rng, blocks);
+            let a: Vec<Vec<BlockQ8K>> = (0..KPANEL_ROWS).map(|_| acts(&mut rng, blocks)).collect();
+            let rows: Vec<&[BlockQ8K]> = a.iter().map(Vec::as_slice).collect();
+            let rows: &[&[BlockQ8K]; KPANEL_ROWS] = rows.as_slice().try_into().unwrap();
+            let panel = KPanel::new(rows);
+            let plain = KRow::Q4K {
+                blocks: &q4,
+                repacked: false,
+            };
+            let repacked = KRow::Q4K {
+                blocks: &q4,
+                repacked: true,
+            };
+            for (w, sum, has_panel) in [
+                (plain, KSum::Tiled, true),
+                (repacked, KSum::Gemm, true),
+                (KRow::Q6K(&q6), KSum::Tiled, true),
+                (KRow::Q5K(&q5), KSum::Tiled, false),
+                (plain, KSum::Gemm, true),
+            ] {
+                let mut fused = [0f32; KPANEL_ROWS];
+                sums_body::<true>(w, rows, &mut fused, sum.for_row(w));
+                for isa in isas() {
+                    let mut got = [f32::NAN; KPANEL_ROWS];
+                    if !dot_kpanel_as(isa, w, &panel, &mut got, sum) {
+                        assert!(
+                            !kpanels_supported(isa) || !has_panel,
+                            "{isa:?} {sum:?} refused"
+                        );
+                        continue;
+                    }
+                    assert_eq!(
+                        got.map(f32::to_bits),
+                        fused.map(f32::to_bits),
+                        "{isa:?} {sum:?} blocks {blocks}"
                     );
                 }
             }
