@@ -16,6 +16,10 @@
 //!   `acc_min += f32(Σ min·bsum) · (dmin_x·d_y)`, result `acc - acc_min`. Other Q4_K matrices
 //!   take the plain AVX2 `ggml_vec_dot_q4_K_q8_K` (eight lanes for the scaled products, four
 //!   `f32` lanes for the minimum term).
+//! - Prompts take other kernels in llama.cpp's x86 build, whose float steps [`KSum`] names
+//!   and [`dot_rows_k_as`] / [`dot_kpanel_as`] follow: the repacked Q4_K gemm for whole groups
+//!   of four rows, and the tiled K-quant matmul (one exact integer per super-block and row)
+//!   for products of [`TILED_MIN_ROWS`] or more rows with matrices that are not repacked.
 //!
 //! The portable bodies are the fallback; on x86-64 with AVX2+FMA (detected at run time, [`Isa`])
 //! the same arithmetic runs as intrinsics in ggml's shape, which tests check bit for bit

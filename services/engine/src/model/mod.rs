@@ -26,7 +26,9 @@
 //! halves from 512 cached positions on). Where ggml's rounding depends on the SIMD width, the
 //! engine follows the AVX-512 build that made the golden fixtures ([`ggml_math`]: the vector
 //! `expf` of SiLU and the softmax, the 16-lane f16 dot product, and the fused multiply-adds
-//! GCC makes of ggml's scalar `a * b + c`), so its greedy output is the fixtures' on any CPU.
+//! GCC makes of ggml's scalar `a * b + c`), and on x86-64 it follows the K-quant kernel that
+//! build picks for each product (repacked Q4_K gemv/gemm, the tiled matmul for prompts:
+//! [`quant`]), so its greedy output is the fixtures' on any x86-64 CPU.
 //!
 //! The block kernels (`hearth-kernels`) and [`ggml_math`] are portable Rust with an AVX2+FMA
 //! version picked at run time; [`ggml_math`] is the only engine module that allows `unsafe`.

@@ -26,8 +26,8 @@ use hearth_kernels::block::{
     dot_rows_one_act, panels_supported,
 };
 use hearth_kernels::kquants::{
-    BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KPANEL_ROWS, KPanel, KRow, QK_K, dot_kpanel,
-    dot_rows_k, kpanels_supported,
+    BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, KPANEL_ROWS, KPanel, KRow, KSum, QK_K, TILED_MIN_ROWS,
+    dot_kpanel, dot_kpanel_as, dot_rows_k, dot_rows_k_as, kpanels_supported,
 };
 use hearth_kernels::{Isa, f16_to_f32, round_small};
 
@@ -292,14 +292,30 @@ const ENGINE_KERNEL_TYPES: &[GgmlDType] = &[
     GgmlDType::Q8_0,
 ];
 
-/// Whether Q4_K matrices take the arithmetic of llama.cpp's repacked `block_q4_Kx8` gemv (what
-/// its AVX2 and AVX-512 builds run for row counts that are multiples of 8) instead of the
-/// plain AVX2 `vec_dot`. The fixtures' build repacked, yet with the repacked arithmetic
-/// gemma3's chat-multi-turn leaves llama.cpp at step 25 (not a near-tie), while the plain one
-/// passes every golden case; on Qwen2.5 both pass (repacked: 9 of 10 cases match all steps,
-/// plain: 8, the other two ending in near-tie flips). So it stays off; the repacked kernel is
-/// kept, tested, for when that changes.
-const REPACK_Q4K: bool = false;
+/// Whether Q4_K matrices whose row count is a multiple of 8 take the arithmetic of
+/// llama.cpp's repacked `block_q4_Kx8` kernels, as its AVX2 and AVX-512 builds do: the gemv
+/// for decode and for the rows of a prompt past its last whole group of four, the gemm
+/// ([`KSum::Gemm`]) for those groups. (An earlier try applied the gemv to whole prompts,
+/// matched worse than the plain arithmetic and was left off; with the gemm, gemma3's and
+/// Qwen2.5's prompts match llama.cpp's tensors bit for bit.)
+const REPACK_Q4K: bool = true;
+
+/// How the K-quant product of weight row `row` with `m` activation rows turns its integer
+/// sums into `f32`, as llama.cpp's x86 build would for that matrix and batch: the [`KSum`]
+/// for the leading activation rows and how many take it; the rest take [`KSum::VecDot`].
+/// Elsewhere (aarch64) every row takes [`KSum::VecDot`]: llama.cpp's ARM kernels differ
+/// anyway, and those are the NEON kernels' arithmetic.
+fn k_sums(row: KRow<'_>, m: usize) -> (KSum, usize) {
+    if !cfg!(target_arch = "x86_64") {
+        return (KSum::VecDot, 0);
+    }
+    match row {
+        KRow::Q4K { repacked: true, .. } if m >= 4 => (KSum::Gemm, m - m % 4),
+        KRow::Q4K { repacked: true, .. } => (KSum::VecDot, 0),
+        _ if m >= TILED_MIN_ROWS => (KSum::Tiled, m),
+        _ => (KSum::VecDot, 0),
+    }
+}
 
 /// Weights of one K-quant format, one entry per super-block, row after row.
 enum KBlocks {
@@ -561,6 +577,16 @@ impl Work<'_> {
             Src::K(blocks, acts) => {
                 for (r, out_row) in out.chunks_exact_mut(m).enumerate() {
                     let row = blocks.row(self.first_row + r, self.k / QK_K);
+                    let (sum, n) = k_sums(row, m);
+                    if n > 0 {
+                        let (lead, rest) = out_row.split_at_mut(n);
+                        let done = through_panels(&acts.panels, lead, |panel, out| {
+                            dot_kpanel_as(isa, row, panel, out, sum)
+                        });
+                        dot_rows_k_as(isa, row, &acts.rows[done..n], &mut lead[done..], sum);
+                        dot_rows_k(isa, row, &acts.rows[n..], rest);
+                        continue;
+                    }
                     let done = through_panels(&acts.panels, out_row, |panel, out| {
                         dot_kpanel(isa, row, panel, out)
                     });
@@ -893,15 +919,39 @@ mod tests {
         }
     }
 
+    /// Which of llama.cpp's x86 kernels each K-quant product follows, by matrix and batch.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn k_sums_follow_llama_cpp_dispatch() {
+        let blocks = [BlockQ4K::parse(&[0u8; BlockQ4K::BYTES])];
+        let repacked = KRow::Q4K {
+            blocks: &blocks,
+            repacked: true,
+        };
+        let plain = KRow::Q4K {
+            blocks: &blocks,
+            repacked: false,
+        };
+        assert_eq!(k_sums(repacked, 1), (KSum::VecDot, 0));
+        assert_eq!(k_sums(repacked, 3), (KSum::VecDot, 0));
+        assert_eq!(k_sums(repacked, 4), (KSum::Gemm, 4));
+        assert_eq!(k_sums(repacked, 10), (KSum::Gemm, 8));
+        assert_eq!(k_sums(plain, 7), (KSum::VecDot, 0));
+        assert_eq!(k_sums(plain, 8), (KSum::Tiled, 8));
+        assert_eq!(k_sums(plain, 130), (KSum::Tiled, 130));
+    }
+
     /// The K-quant matrices (repacked Q4_K for 8k rows, plain otherwise, Q5_K, Q6_K) agree
     /// with candle's dequantized weights times the Q8_K-dequantized activations, through
-    /// `QMatrix` and the thread pool, for odd row and token counts (11 tokens: a panel of
-    /// eight where the CPU has the panel kernels, and three more).
+    /// `QMatrix` and the thread pool, for odd row and token counts: one token (`vec_dot`,
+    /// the repacked gemv), 5 (below the tiled matmul's 8), 11 (tiled: a panel of eight where
+    /// the CPU has the panel kernels, and three more), and 10 with 24 rows (repacked: the gemm
+    /// for eight tokens, the gemv for two).
     #[test]
     fn k_quants_match_dequantized_products() {
         let k = 512;
         let pool = Pool::new(2).unwrap();
-        for (n, m) in [(24usize, 1usize), (37, 5), (37, 11)] {
+        for (n, m) in [(24usize, 1usize), (24, 10), (37, 5), (37, 11)] {
             #[allow(clippy::cast_precision_loss)]
             let w: Vec<f32> = (0..n * k)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
