@@ -535,7 +535,7 @@ mod x86 {
         _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16, _mm256_or_si256,
         _mm256_set1_epi8, _mm256_set1_epi16, _mm256_set1_ps, _mm256_setzero_ps,
         _mm256_setzero_si256, _mm256_slli_epi16, _mm256_slli_epi32, _mm256_srli_epi16,
-        _mm256_storeu_ps, _mm256_storeu_si256, _mm256_sub_epi32,
+        _mm256_storeu_ps, _mm256_sub_epi32,
     };
 
     use std::arch::x86_64::{
@@ -605,15 +605,6 @@ mod x86 {
         unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn lanes(v: __m256i) -> [i32; 8] {
-        let mut l = [0i32; 8];
-        // SAFETY: `l` is 32 writable bytes.
-        unsafe { _mm256_storeu_si256(l.as_mut_ptr().cast(), v) };
-        l
-    }
-
     /// Σ over a super-block of the scaled products, as eight lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -674,8 +665,10 @@ mod x86 {
                 let mut acc = 0f32;
                 let mut acc_min = 0f32;
                 for (x, y) in w.iter().zip(a) {
-                    let sumi: i32 = lanes(q4k_sumi(&x.qs, &x.sc, None, &y.qs)).iter().sum();
-                    let mins: i32 = min_sum(&x.mn, &y.bsums).iter().sum();
+                    let sumi = hsum_i32(q4k_sumi(&x.qs, &x.sc, None, &y.qs));
+                    let m = min_sum_lanes(&x.mn, &y.bsums);
+                    let m = _mm_hadd_epi32(m, m);
+                    let mins = _mm_cvtsi128_si32(_mm_hadd_epi32(m, m));
                     acc = (sumi as f32).mul_add(x.d * y.d, acc);
                     acc_min = (mins as f32).mul_add(x.dmin * y.d, acc_min);
                 }
