@@ -407,36 +407,10 @@ pub fn kpanels_supported(isa: Isa) -> bool {
 /// [`kpanels_supported`] is false, for formats without a panel kernel (Q5_K, repacked Q4_K),
 /// or when the panel's length does not match the row.
 pub fn dot_kpanel(isa: Isa, w: KRow<'_>, panel: &KPanel, out: &mut [f32; KPANEL_ROWS]) -> bool {
-    if !kpanels_supported(isa) {
-        return false;
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY (both calls): `kpanels_supported` holds only for `Isa::Avx512`, which
-        // `Isa::detect` returns only after `is_x86_feature_detected!` reported AVX2, FMA and
-        // AVX-512 F, BW, VL and VNNI.
-        match w {
-            KRow::Q4K {
-                blocks,
-                repacked: false,
-            } if blocks.len() == panel.blocks.len() => unsafe {
-                x86::q4k_panel(blocks, &panel.blocks, out);
-            },
-            KRow::Q6K(blocks) if blocks.len() == panel.blocks.len() => unsafe {
-                x86::q6k_panel(blocks, &panel.blocks, out);
-            },
-            _ => return false,
-        }
-        true
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (w, panel, out);
-        false
-    }
+    dot_kpanel_as(isa, w, panel, out, KSum::VecDot)
 }
 
-/// [`dot_kpanel`] with the float steps `sum` names ([`KSum::Tiled`]: plain or repacked
+/// [`dot_kpanel`] with the float steps `sum` names (with [`KSum::Tiled`]: plain or repacked
 /// Q4_K and Q6_K; [`KSum::Gemm`]: repacked Q4_K), bit for bit what [`dot_rows_k_as`] gives
 /// for those rows; `false` (nothing written) where it has no panel kernel.
 pub fn dot_kpanel_as(
@@ -446,33 +420,33 @@ pub fn dot_kpanel_as(
     out: &mut [f32; KPANEL_ROWS],
     sum: KSum,
 ) -> bool {
-    let sum = sum.for_row(w);
-    if sum == KSum::VecDot {
-        return dot_kpanel(isa, w, panel, out);
-    }
     if !kpanels_supported(isa) {
         return false;
     }
     #[cfg(target_arch = "x86_64")]
     {
+        let (n, blocks) = (panel.blocks.len(), &panel.blocks);
         // SAFETY (every call): `kpanels_supported` holds only for `Isa::Avx512`, which
         // `Isa::detect` returns only after `is_x86_feature_detected!` reported AVX2, FMA and
         // AVX-512 F, BW, VL and VNNI.
-        match (w, sum) {
-            (KRow::Q4K { blocks, .. }, KSum::Tiled) if blocks.len() == panel.blocks.len() => unsafe {
-                x86::q4k_panel_sums::<false>(blocks, &panel.blocks, out);
-            },
+        match (w, sum.for_row(w)) {
             (
                 KRow::Q4K {
-                    blocks,
-                    repacked: true,
+                    blocks: b,
+                    repacked,
                 },
-                KSum::Gemm,
-            ) if blocks.len() == panel.blocks.len() => unsafe {
-                x86::q4k_panel_sums::<true>(blocks, &panel.blocks, out);
+                sum,
+            ) if b.len() == n => match (repacked, sum) {
+                (false, KSum::VecDot) => unsafe { x86::q4k_panel(b, blocks, out) },
+                (_, KSum::Tiled) => unsafe { x86::q4k_panel_sums::<false>(b, blocks, out) },
+                (true, KSum::Gemm) => unsafe { x86::q4k_panel_sums::<true>(b, blocks, out) },
+                _ => return false,
             },
-            (KRow::Q6K(blocks), KSum::Tiled) if blocks.len() == panel.blocks.len() => unsafe {
-                x86::q6k_panel_tiled(blocks, &panel.blocks, out);
+            (KRow::Q6K(b), KSum::VecDot) if b.len() == n => unsafe {
+                x86::q6k_panel(b, blocks, out);
+            },
+            (KRow::Q6K(b), KSum::Tiled) if b.len() == n => unsafe {
+                x86::q6k_panel_tiled(b, blocks, out);
             },
             _ => return false,
         }
@@ -480,7 +454,7 @@ pub fn dot_kpanel_as(
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (w, panel, out);
+        let _ = (w, panel, out, sum);
         false
     }
 }
@@ -1025,6 +999,88 @@ mod x86 {
         )
     }
 
+    /// A Q4_K super-block for the 512-bit panels: each unpacked sub-block broadcast to both
+    /// halves of a register, and the eight sub-block scales as 16-bit lanes.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q4k_panel_weights(x: &BlockQ4K) -> ([__m512i; 8], [__m512i; 8]) {
+        // SAFETY: register-only operations on the unpacked block.
+        unsafe {
+            let q4 = q4k_unpack(&x.qs);
+            (
+                std::array::from_fn(|g| _mm512_broadcast_i64x4(q4[g])),
+                std::array::from_fn(|g| _mm512_set1_epi16(i16::from(x.sc[g]))),
+            )
+        }
+    }
+
+    /// Sub-blocks `2j` and `2j + 1` of a Q4_K super-block against one pair of panel rows:
+    /// ggml's eight exact lanes for each of the two rows, Σ scale·q·y over those 64 elements.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q4k_pair_lanes(
+        q: &[__m512i; 8],
+        sc: &[__m512i; 8],
+        ys: &[[i8; 64]; 8],
+        j: usize,
+    ) -> __m512i {
+        // SAFETY: the loads read whole `[i8; 64]`s.
+        unsafe {
+            let p_lo = _mm512_madd_epi16(
+                _mm512_maddubs_epi16(q[2 * j], _mm512_loadu_si512(ys[2 * j].as_ptr().cast())),
+                sc[2 * j],
+            );
+            let p_hi = _mm512_madd_epi16(
+                _mm512_maddubs_epi16(
+                    q[2 * j + 1],
+                    _mm512_loadu_si512(ys[2 * j + 1].as_ptr().cast()),
+                ),
+                sc[2 * j + 1],
+            );
+            _mm512_add_epi32(p_lo, p_hi)
+        }
+    }
+
+    /// A Q6_K super-block for the 512-bit panels: its unpacked groups and their scale pairs,
+    /// each broadcast to both halves of a register, and the sixteen scales as 16-bit lanes.
+    struct Q6kPanelWeights {
+        q: [__m512i; 8],
+        scales: [__m512i; 8],
+        sc: __m512i,
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q6k_panel_weights(x: &BlockQ6K) -> Q6kPanelWeights {
+        // SAFETY: register-only operations on the unpacked block.
+        unsafe {
+            let (q6, scales6) = q6k_unpack(x);
+            Q6kPanelWeights {
+                q: std::array::from_fn(|g| _mm512_broadcast_i64x4(q6[g])),
+                scales: std::array::from_fn(|g| _mm512_broadcast_i64x4(scales6[g])),
+                sc: _mm512_broadcast_i64x4(q6k_sc16(x)),
+            }
+        }
+    }
+
+    /// A Q6_K super-block against one pair of panel rows: ggml's eight exact lanes for each of
+    /// the two rows, the `32·Σ scale·bsum` offset taken off.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q6k_pair_lanes(w: &Q6kPanelWeights, p: &super::KPanelBlock, pair: usize) -> __m512i {
+        // SAFETY: the loads read whole arrays of the panel block.
+        unsafe {
+            let ys = &p.qs[pair];
+            let mut sumi = _mm512_setzero_si512();
+            for ((q, y), scale) in w.q.iter().zip(ys).zip(&w.scales) {
+                let prod = _mm512_maddubs_epi16(*q, _mm512_loadu_si512(y.as_ptr().cast()));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(*scale, prod));
+            }
+            let bsums = _mm512_loadu_si512(p.bsums[pair].as_ptr().cast());
+            _mm512_sub_epi32(sumi, _mm512_slli_epi32::<5>(_mm512_madd_epi16(bsums, w.sc)))
+        }
+    }
+
     /// [`q4k_group`]'s arithmetic for a [`super::KPanel`]'s eight rows on 512-bit registers,
     /// two rows to a register: each unpacked weight sub-block is broadcast to both halves, so
     /// each half's `maddubs`/`madd`/`add` leaves that row's exact eight lanes; its scale
@@ -1040,30 +1096,12 @@ mod x86 {
             let mut acc = [_mm512_setzero_ps(); 4];
             let mut acc_m = [_mm512_setzero_ps(); 2];
             for (x, p) in w.iter().zip(panel) {
-                let q4 = q4k_unpack(&x.qs);
-                let q: [__m512i; 8] = std::array::from_fn(|g| _mm512_broadcast_i64x4(q4[g]));
-                let sc: [__m512i; 8] =
-                    std::array::from_fn(|g| _mm512_set1_epi16(i16::from(x.sc[g])));
+                let (q, sc) = q4k_panel_weights(x);
                 let dx = _mm512_set1_ps(x.d);
                 for (pair, acc) in acc.iter_mut().enumerate() {
                     let mut sumi = _mm512_setzero_si512();
                     for j in 0..4 {
-                        let ys = &p.qs[pair];
-                        let p_lo = _mm512_madd_epi16(
-                            _mm512_maddubs_epi16(
-                                q[2 * j],
-                                _mm512_loadu_si512(ys[2 * j].as_ptr().cast()),
-                            ),
-                            sc[2 * j],
-                        );
-                        let p_hi = _mm512_madd_epi16(
-                            _mm512_maddubs_epi16(
-                                q[2 * j + 1],
-                                _mm512_loadu_si512(ys[2 * j + 1].as_ptr().cast()),
-                            ),
-                            sc[2 * j + 1],
-                        );
-                        sumi = _mm512_add_epi32(sumi, _mm512_add_epi32(p_lo, p_hi));
+                        sumi = _mm512_add_epi32(sumi, q4k_pair_lanes(&q, &sc, &p.qs[pair], j));
                     }
                     let dd = _mm512_mul_ps(_mm512_loadu_ps(p.d[pair].as_ptr()), dx);
                     *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sumi), *acc);
@@ -1106,23 +1144,10 @@ mod x86 {
         unsafe {
             let mut acc = [_mm512_setzero_ps(); 4];
             for (x, p) in w.iter().zip(panel) {
-                let (q6, scales6) = q6k_unpack(x);
-                let q: [__m512i; 8] = std::array::from_fn(|g| _mm512_broadcast_i64x4(q6[g]));
-                let scales: [__m512i; 8] =
-                    std::array::from_fn(|g| _mm512_broadcast_i64x4(scales6[g]));
-                let sc = _mm512_broadcast_i64x4(q6k_sc16(x));
+                let weights = q6k_panel_weights(x);
                 let dx = _mm512_set1_ps(x.d);
                 for (pair, acc) in acc.iter_mut().enumerate() {
-                    let ys = &p.qs[pair];
-                    let mut sumi = _mm512_setzero_si512();
-                    for g in 0..8 {
-                        let prod =
-                            _mm512_maddubs_epi16(q[g], _mm512_loadu_si512(ys[g].as_ptr().cast()));
-                        sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scales[g], prod));
-                    }
-                    let bsums = _mm512_loadu_si512(p.bsums[pair].as_ptr().cast());
-                    let sub = _mm512_slli_epi32::<5>(_mm512_madd_epi16(bsums, sc));
-                    sumi = _mm512_sub_epi32(sumi, sub);
+                    let sumi = q6k_pair_lanes(&weights, p, pair);
                     let dd = _mm512_mul_ps(_mm512_loadu_ps(p.d[pair].as_ptr()), dx);
                     *acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(sumi), *acc);
                 }
@@ -1202,10 +1227,7 @@ mod x86 {
                 )
             });
             for (x, p) in w.iter().zip(panel) {
-                let q4 = q4k_unpack(&x.qs);
-                let q: [__m512i; 8] = std::array::from_fn(|g| _mm512_broadcast_i64x4(q4[g]));
-                let sc: [__m512i; 8] =
-                    std::array::from_fn(|g| _mm512_set1_epi16(i16::from(x.sc[g])));
+                let (q, sc) = q4k_panel_weights(x);
                 let dy = _mm256_loadu_ps(p.d8.as_ptr());
                 let mins = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(
                     x.mn.as_ptr().cast(),
@@ -1218,31 +1240,16 @@ mod x86 {
                     _mm512_castsi512_si256(_mm512_permutex2var_epi32(m[0], pick[j], m[1]))
                 });
                 let mut total = [_mm256_setzero_si256(); 8];
-                for j in 0..4 {
+                for (j, mins_j) in m_j.iter().enumerate() {
                     let mut rows = [_mm256_setzero_si256(); 8];
                     for pair in 0..4 {
-                        let ys = &p.qs[pair];
-                        let p_lo = _mm512_madd_epi16(
-                            _mm512_maddubs_epi16(
-                                q[2 * j],
-                                _mm512_loadu_si512(ys[2 * j].as_ptr().cast()),
-                            ),
-                            sc[2 * j],
-                        );
-                        let p_hi = _mm512_madd_epi16(
-                            _mm512_maddubs_epi16(
-                                q[2 * j + 1],
-                                _mm512_loadu_si512(ys[2 * j + 1].as_ptr().cast()),
-                            ),
-                            sc[2 * j + 1],
-                        );
-                        split_pair(_mm512_add_epi32(p_lo, p_hi), pair, &mut rows);
+                        split_pair(q4k_pair_lanes(&q, &sc, &p.qs[pair], j), pair, &mut rows);
                     }
                     if GEMM {
                         let s = _mm256_cvtepi32_ps(hsum_rows(rows));
                         acc = _mm256_fmadd_ps(s, _mm256_mul_ps(_mm256_set1_ps(x.d), dy), acc);
                         acc_min = _mm256_fmadd_ps(
-                            _mm256_cvtepi32_ps(m_j[j]),
+                            _mm256_cvtepi32_ps(*mins_j),
                             _mm256_mul_ps(_mm256_set1_ps(x.dmin), dy),
                             acc_min,
                         );
@@ -1285,23 +1292,10 @@ mod x86 {
         unsafe {
             let mut acc = _mm256_setzero_ps();
             for (x, p) in w.iter().zip(panel) {
-                let (q6, scales6) = q6k_unpack(x);
-                let q: [__m512i; 8] = std::array::from_fn(|g| _mm512_broadcast_i64x4(q6[g]));
-                let scales: [__m512i; 8] =
-                    std::array::from_fn(|g| _mm512_broadcast_i64x4(scales6[g]));
-                let sc = _mm512_broadcast_i64x4(q6k_sc16(x));
+                let weights = q6k_panel_weights(x);
                 let mut rows = [_mm256_setzero_si256(); 8];
                 for pair in 0..4 {
-                    let ys = &p.qs[pair];
-                    let mut sumi = _mm512_setzero_si512();
-                    for g in 0..8 {
-                        let prod =
-                            _mm512_maddubs_epi16(q[g], _mm512_loadu_si512(ys[g].as_ptr().cast()));
-                        sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(scales[g], prod));
-                    }
-                    let bsums = _mm512_loadu_si512(p.bsums[pair].as_ptr().cast());
-                    let sub = _mm512_slli_epi32::<5>(_mm512_madd_epi16(bsums, sc));
-                    split_pair(_mm512_sub_epi32(sumi, sub), pair, &mut rows);
+                    split_pair(q6k_pair_lanes(&weights, p, pair), pair, &mut rows);
                 }
                 let r = _mm256_mul_ps(_mm256_cvtepi32_ps(hsum_rows(rows)), _mm256_set1_ps(x.d));
                 acc = _mm256_fmadd_ps(r, _mm256_loadu_ps(p.d8.as_ptr()), acc);
@@ -1609,7 +1603,7 @@ fn tiled_step<const FMA: bool>(out: f32, s1: i32, s2: Option<(i32, f32)>, dx: f3
     madd::<FMA>(r, dy, out)
 }
 
-/// The portable bodies of [`KSum::Tiled`] and [`KSum::Gemm`] (see [`dot_rows_k_as`]).
+/// The portable bodies, for each [`KSum`] (see [`dot_rows_k_as`]).
 #[allow(clippy::cast_precision_loss)]
 #[inline(always)]
 fn sums_body<const FMA: bool>(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32], sum: KSum) {
@@ -1653,13 +1647,7 @@ fn sums_body<const FMA: bool>(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]
 
 #[inline(always)]
 fn dot_rows_body<const FMA: bool>(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]) {
-    for (o, a) in out.iter_mut().zip(acts) {
-        *o = match w {
-            KRow::Q4K { blocks, repacked } => dot_q4k::<FMA>(blocks, a, repacked),
-            KRow::Q5K(blocks) => dot_q5k::<FMA>(blocks, a),
-            KRow::Q6K(blocks) => dot_q6k::<FMA>(blocks, a),
-        };
-    }
+    sums_body::<FMA>(w, acts, out, KSum::VecDot);
 }
 
 /// Dequantized value of element `e` of a super-block, and the block's offset term, in `f64`
@@ -1896,48 +1884,11 @@ mod tests {
     }
 
     /// Every SIMD version this CPU runs (AVX2, NEON, NEON + `sdot`) gives bit for bit what the
-    /// portable bodies give with fused multiply-adds (odd block counts; 5 rows: a group of four
-    /// and a rest).
+    /// portable bodies give with fused multiply-adds, with each [`KSum`]'s float steps (odd
+    /// block counts; 9 rows: two groups of four and a rest).
     #[test]
     fn intrinsics_equal_the_fused_portable_body() {
         let mut rng = Rng(0xdead_beef);
-        for blocks in [1usize, 3, 4] {
-            let (q4, q5, q6) = weights(&mut rng, blocks);
-            let a: Vec<Vec<BlockQ8K>> = (0..5).map(|_| acts(&mut rng, blocks)).collect();
-            let rows: Vec<&[BlockQ8K]> = a.iter().map(Vec::as_slice).collect();
-            for w in [
-                KRow::Q4K {
-                    blocks: &q4,
-                    repacked: true,
-                },
-                KRow::Q4K {
-                    blocks: &q4,
-                    repacked: false,
-                },
-                KRow::Q5K(&q5),
-                KRow::Q6K(&q6),
-            ] {
-                let mut want = vec![0f32; rows.len()];
-                dot_rows_body::<true>(w, &rows, &mut want);
-                for isa in isas().into_iter().skip(1) {
-                    let mut got = vec![0f32; rows.len()];
-                    dot_rows_k(isa, w, &rows, &mut got);
-                    assert_eq!(
-                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                        "{isa:?} blocks {blocks}"
-                    );
-                }
-            }
-        }
-    }
-
-    /// [`KSum::Tiled`] and [`KSum::Gemm`]: every SIMD version gives bit for bit what the fused
-    /// portable body gives (9 rows: two groups of four and a rest; odd block counts), and
-    /// the steps are llama.cpp's: a hand-worked Q6_K super-block and Q4_K gemm row.
-    #[test]
-    fn llama_sums_equal_the_fused_portable_body() {
-        let mut rng = Rng(0x5eed_7113);
         for blocks in [1usize, 3, 4] {
             let (q4, q5, q6) = weights(&mut rng, blocks);
             let a: Vec<Vec<BlockQ8K>> = (0..9).map(|_| acts(&mut rng, blocks)).collect();
@@ -1954,13 +1905,10 @@ mod tests {
                 KRow::Q5K(&q5),
                 KRow::Q6K(&q6),
             ] {
-                for sum in [KSum::Tiled, KSum::Gemm] {
+                for sum in [KSum::VecDot, KSum::Tiled, KSum::Gemm] {
                     let mut want = vec![0f32; rows.len()];
                     sums_body::<true>(w, &rows, &mut want, sum.for_row(w));
-                    for isa in isas() {
-                        if isa == Isa::Portable {
-                            continue;
-                        }
+                    for isa in isas().into_iter().skip(1) {
                         let mut got = vec![0f32; rows.len()];
                         dot_rows_k_as(isa, w, &rows, &mut got, sum);
                         assert_eq!(
