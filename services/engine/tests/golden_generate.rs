@@ -12,9 +12,9 @@
 //! [`PROB_TOLERANCE`]. The engine now rounds as the fixtures' x86 AVX-512 build does in every
 //! step of these three models (its block kernels' lanes, the repacked Q4_K gemv and gemm, the
 //! tiled K-quant matmul of prompts, the fused GELU table, attention, SiLU and RoPE), so on
-//! gemma3's raw-english prompt every tensor of llama.cpp's graph, logits included, is bit for
-//! bit the engine's (compared with `llama-eval-callback`), and every case agrees within
-//! ~0.0015. A tolerance of 0.005 keeps room for the softmax's own rounding while a
+//! gemma3's raw-english prompt every intermediate result of the forward pass, logits
+//! included, is bit for bit llama.cpp's (compared with `llama-eval-callback`), and every case
+//! agrees within ~0.0015. A tolerance of 0.005 keeps room for the softmax's own rounding while a
 //! kernel that rounds differently (as the plain K-quant arithmetic did, by up to 0.13 on
 //! gemma3) fails.
 //!
@@ -354,7 +354,7 @@ const QWEN_KNOWN_DIVERGENT: &[&str] = &[];
 /// window itself is covered by the synthetic model test (`tests/synthetic_arch.rs`).
 ///
 /// raw-english used to flip at step 1 (to 37423, llama.cpp 0.0753, for 2523, 0.1027). Dumping
-/// every tensor of llama.cpp's graph (`llama-eval-callback`) and the engine's showed the three
+/// the tensors of llama.cpp's graph (`llama-eval-callback`) and the engine's showed the three
 /// places that rounded differently: the Q4_K `attn_output`/`ffn_down` matrices (640 rows)
 /// are repacked there and a prompt's groups of four rows take the repacked gemm; the Q6_K
 /// ones take the tiled K-quant matmul for prompts of 8 or more rows; and ggml's GELU table is
