@@ -579,6 +579,47 @@ mod x86 {
         unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
     }
 
+    /// Sub-blocks `2j` (`lo`) and `2j + 1` (`hi`) of a Q4_K or Q5_K super-block against
+    /// activations `y`: ggml's eight exact lanes of Σ scale·q·y over those 64 elements.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn pair_lanes(lo: __m256i, hi: __m256i, sc: &[u8; 8], y: &[i8], j: usize) -> __m256i {
+        // SAFETY: `load_i8` checks its 32 bytes.
+        unsafe {
+            let p_lo = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(lo, load_i8(&y[64 * j..])),
+                _mm256_set1_epi16(i16::from(sc[2 * j])),
+            );
+            let p_hi = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(hi, load_i8(&y[64 * j + 32..])),
+                _mm256_set1_epi16(i16::from(sc[2 * j + 1])),
+            );
+            _mm256_add_epi32(p_lo, p_hi)
+        }
+    }
+
+    /// A Q6_K super-block (unpacked by [`q6k_unpack`], `sc` its [`q6k_sc16`]) against
+    /// activations `y`: ggml's eight exact lanes, the `32·Σ scale·bsum` offset taken off.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q6k_lanes(
+        q: &[__m256i; 8],
+        scales: &[__m256i; 8],
+        sc: __m256i,
+        y: &BlockQ8K,
+    ) -> __m256i {
+        // SAFETY: `load_i8` checks its 32 bytes; the block sums are 32 readable bytes.
+        unsafe {
+            let mut sumi = _mm256_setzero_si256();
+            for (g, (q, scale)) in q.iter().zip(scales).enumerate() {
+                let p = _mm256_maddubs_epi16(*q, load_i8(&y.qs[32 * g..]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(*scale, p));
+            }
+            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
+            _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc)))
+        }
+    }
+
     /// Σ over a super-block of the scaled products, as eight lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -617,15 +658,7 @@ mod x86 {
                     lo = _mm256_or_si256(lo, shift(2 * jj));
                     hi = _mm256_or_si256(hi, shift(2 * jj + 1));
                 }
-                let p_lo = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(lo, load_i8(&y[64 * j..])),
-                    _mm256_set1_epi16(i16::from(sc[2 * j])),
-                );
-                let p_hi = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(hi, load_i8(&y[64 * j + 32..])),
-                    _mm256_set1_epi16(i16::from(sc[2 * j + 1])),
-                );
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+                sumi = _mm256_add_epi32(sumi, pair_lanes(lo, hi, sc, y, j));
             }
             sumi
         }
@@ -737,18 +770,8 @@ mod x86 {
                             let mins = min_sum(&x.mn, &y.bsums);
                             let mut s1 = 0i32;
                             for (j, m) in mins.into_iter().enumerate() {
-                                let p_lo = _mm256_madd_epi16(
-                                    _mm256_maddubs_epi16(q[2 * j], load_i8(&y.qs[64 * j..])),
-                                    _mm256_set1_epi16(i16::from(x.sc[2 * j])),
-                                );
-                                let p_hi = _mm256_madd_epi16(
-                                    _mm256_maddubs_epi16(
-                                        q[2 * j + 1],
-                                        load_i8(&y.qs[64 * j + 32..]),
-                                    ),
-                                    _mm256_set1_epi16(i16::from(x.sc[2 * j + 1])),
-                                );
-                                let sj = hsum_i32(_mm256_add_epi32(p_lo, p_hi));
+                                let sj =
+                                    hsum_i32(pair_lanes(q[2 * j], q[2 * j + 1], &x.sc, &y.qs, j));
                                 if sum == KSum::Gemm {
                                     acc[r] = (sj as f32).mul_add(x.d * y.d, acc[r]);
                                     acc_min[r] = (m as f32).mul_add(x.dmin * y.d, acc_min[r]);
@@ -784,14 +807,7 @@ mod x86 {
                         let sc = q6k_sc16(x);
                         for r in 0..R {
                             let y = acts[r].get_unchecked(b);
-                            let mut sumi = _mm256_setzero_si256();
-                            for g in 0..8 {
-                                let p = _mm256_maddubs_epi16(q[g], load_i8(&y.qs[32 * g..]));
-                                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales[g], p));
-                            }
-                            let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
-                            let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc));
-                            let s1 = hsum_i32(_mm256_sub_epi32(sumi, sub));
+                            let s1 = hsum_i32(q6k_lanes(&q, &scales, sc, y));
                             acc[r] = super::tiled_step::<true>(acc[r], s1, None, x.d, y.d);
                         }
                     }
@@ -844,15 +860,8 @@ mod x86 {
                     acc_mins[r] = add_mins(acc_mins[r], dmin, x, y);
                     let mut sumi = _mm256_setzero_si256();
                     for j in 0..4 {
-                        let p_lo = _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(q[2 * j], load_i8(&y.qs[64 * j..])),
-                            _mm256_set1_epi16(i16::from(x.sc[2 * j])),
-                        );
-                        let p_hi = _mm256_madd_epi16(
-                            _mm256_maddubs_epi16(q[2 * j + 1], load_i8(&y.qs[64 * j + 32..])),
-                            _mm256_set1_epi16(i16::from(x.sc[2 * j + 1])),
-                        );
-                        sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+                        let p = pair_lanes(q[2 * j], q[2 * j + 1], &x.sc, &y.qs, j);
+                        sumi = _mm256_add_epi32(sumi, p);
                     }
                     acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r]);
                 }
@@ -916,17 +925,7 @@ mod x86 {
                     // SAFETY: every row has at least `w.len()` blocks (asserted above).
                     let y = acts[r].get_unchecked(b);
                     let d = y.d * x.d;
-                    let mut sumi = _mm256_setzero_si256();
-                    for j in 0..2 {
-                        for t in 0..4 {
-                            let g = 4 * j + t;
-                            let p = _mm256_maddubs_epi16(q[g], load_i8(&y.qs[32 * g..]));
-                            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales[g], p));
-                        }
-                    }
-                    let bsums = _mm256_loadu_si256(y.bsums.as_ptr().cast());
-                    let sub = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums, sc));
-                    sumi = _mm256_sub_epi32(sumi, sub);
+                    let sumi = q6k_lanes(&q, &scales, sc, y);
                     acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[r]);
                 }
             }
@@ -1459,12 +1458,9 @@ fn dot_q4k<const FMA: bool>(w: &[BlockQ4K], a: &[BlockQ8K], repacked: bool) -> f
         let mut acc = 0f32;
         let mut acc_min = 0f32;
         for (x, y) in w.iter().zip(a) {
-            let mut sumi = 0i32;
-            for j in 0..4 {
-                let (lo, hi) = q4k_pair(&x.qs, j);
-                sumi += i32::from(x.sc[2 * j]) * dot32(&lo, &y.qs[64 * j..])
-                    + i32::from(x.sc[2 * j + 1]) * dot32(&hi, &y.qs[64 * j + 32..]);
-            }
+            let sumi: i32 = (0..4)
+                .map(|j| pair_sum(q4k_pair(&x.qs, j), &x.sc, &y.qs, j))
+                .sum();
             let mins: i32 = min_sum(&x.mn, &y.bsums).iter().sum();
             acc = madd::<FMA>(sumi as f32, x.d * y.d, acc);
             acc_min = madd::<FMA>(mins as f32, x.dmin * y.d, acc_min);
@@ -1554,16 +1550,10 @@ fn dot_q6k<const FMA: bool>(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     hsum8(acc)
 }
 
-/// Σ scale·(q·y) of a Q4_K (`qh` given: Q5_K) super-block's sub-block pair `j` (64 elements).
+/// Σ scale·(q·y) over sub-blocks `2j` and `2j + 1` (64 elements) of a Q4_K or Q5_K
+/// super-block, given them unpacked ([`q4k_pair`], [`q5k_pair`]).
 #[inline(always)]
-fn q4k_pair_sum(qs: &[u8; 128], qh: Option<&[u8; 32]>, sc: &[u8; 8], y: &[i8], j: usize) -> i32 {
-    let (mut lo, mut hi) = q4k_pair(qs, j);
-    if let Some(qh) = qh {
-        for e in 0..32 {
-            lo[e] |= ((qh[e] >> (2 * j)) & 1) << 4;
-            hi[e] |= ((qh[e] >> (2 * j + 1)) & 1) << 4;
-        }
-    }
+fn pair_sum((lo, hi): ([u8; 32], [u8; 32]), sc: &[u8; 8], y: &[i8], j: usize) -> i32 {
     i32::from(sc[2 * j]) * dot32(&lo, &y[64 * j..])
         + i32::from(sc[2 * j + 1]) * dot32(&hi, &y[64 * j + 32..])
 }
@@ -1617,7 +1607,7 @@ fn sums_body<const FMA: bool>(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]
                 for (x, y) in blocks.iter().zip(a.iter()) {
                     let mins = min_sum(&x.mn, &y.bsums);
                     for (j, m) in mins.into_iter().enumerate() {
-                        let s = q4k_pair_sum(&x.qs, None, &x.sc, &y.qs, j);
+                        let s = pair_sum(q4k_pair(&x.qs, j), &x.sc, &y.qs, j);
                         acc = madd::<FMA>(s as f32, x.d * y.d, acc);
                         acc_min = madd::<FMA>(m as f32, x.dmin * y.d, acc_min);
                     }
@@ -1626,14 +1616,14 @@ fn sums_body<const FMA: bool>(w: KRow<'_>, acts: &[&[BlockQ8K]], out: &mut [f32]
             }
             (KRow::Q4K { blocks, .. }, _) => blocks.iter().zip(a.iter()).fold(0f32, |o, (x, y)| {
                 let s1 = (0..4)
-                    .map(|j| q4k_pair_sum(&x.qs, None, &x.sc, &y.qs, j))
+                    .map(|j| pair_sum(q4k_pair(&x.qs, j), &x.sc, &y.qs, j))
                     .sum();
                 let s2 = min_sum(&x.mn, &y.bsums).iter().sum();
                 tiled_step::<FMA>(o, s1, Some((s2, x.dmin)), x.d, y.d)
             }),
             (KRow::Q5K(blocks), _) => blocks.iter().zip(a.iter()).fold(0f32, |o, (x, y)| {
                 let s1 = (0..4)
-                    .map(|j| q4k_pair_sum(&x.qs, Some(&x.qh), &x.sc, &y.qs, j))
+                    .map(|j| pair_sum(q5k_pair(x, j), &x.sc, &y.qs, j))
                     .sum();
                 let s2 = min_sum(&x.mn, &y.bsums).iter().sum();
                 tiled_step::<FMA>(o, s1, Some((s2, x.dmin)), x.d, y.d)
@@ -1947,7 +1937,7 @@ mod tests {
             for j in 0..4 {
                 #[allow(clippy::cast_precision_loss)]
                 let (s, m) = (
-                    q4k_pair_sum(&x.qs, None, &x.sc, &y.qs, j) as f32,
+                    pair_sum(q4k_pair(&x.qs, j), &x.sc, &y.qs, j) as f32,
                     min_sum(&x.mn, &y.bsums)[j] as f32,
                 );
                 acc = s.mul_add(x.d * y.d, acc);
